@@ -1,0 +1,135 @@
+"""Prefect flow ``hpe``: every pipeline stage as a task, in DAG order.
+
+Each task runs ``dvc repro --single-item <stage>`` so that a Prefect run and a plain
+``dvc repro`` share one cache and one ``dvc.lock`` (unchanged stages are skipped by DVC);
+with ``orchestration.use_dvc: false`` the task calls the stage function directly instead.
+No stage logic lives here: the work is in :mod:`pipeline.stages`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import get_run_context
+
+from pipeline import layout
+from pipeline.config import Params, load_params
+from pipeline.monitor import measure
+from pipeline.stages import write_json_atomic
+from pipeline.tracking import FLOW_RUN_ENV
+
+
+def stage_names(params: Params) -> list[str]:
+    """The DVC stage names of the DAG in topological order (matches ``dvc.yaml``'s foreach)."""
+    synth = [f"synth@{name}" for name, cfg in params.synthetic.model_dump(by_alias=True).items() if cfg is not None]
+    ingest = [f"ingest@{name}" for name in params.ingest.datasets]
+    return synth + ingest
+
+
+def _flow_run_id() -> str:
+    ctx = get_run_context()
+    run = getattr(ctx, "flow_run", None) or getattr(getattr(ctx, "task_run", None), "flow_run", None)
+    return str(getattr(run, "id", "")) if run is not None else ""
+
+
+def _run_dvc(stage: str, workdir: Path, env: dict[str, str]) -> str:
+    logger = get_run_logger()
+    cmd = [str(Path(sys.executable).with_name("dvc")), "repro", "--single-item", stage]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with measure(proc.pid) as usage:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line.rstrip())
+            logger.info(line.rstrip())
+        proc.wait()
+    if proc.returncode != 0:
+        tail = "\n".join(lines[-20:])
+        raise RuntimeError(f"`dvc repro --single-item {stage}` failed (exit {proc.returncode}):\n{tail}")
+    skipped = any("didn't change, skipping" in ln for ln in lines)
+    return json.dumps({"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes, "skipped": skipped})
+
+
+def _run_direct(stage: str, params: Params, workdir: Path) -> str:
+    from pipeline import stages
+
+    kind, name = stage.split("@", 1)
+    cwd = Path.cwd()
+    os.chdir(workdir)
+    try:
+        with measure() as usage:
+            if kind == "synth":
+                stages.synth(params, name, layout.synth_out(name))
+            elif kind == "ingest":
+                raw_root = params.ingest.dataset(name).raw_root
+                stages.ingest_stage(params, name, raw_root, layout.parquet_out(name), layout.ingest_metrics(name))
+            else:
+                raise ValueError(f"unknown stage kind {kind!r}")
+    finally:
+        os.chdir(cwd)
+    return json.dumps({"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes, "skipped": False})
+
+
+@task(name="stage", task_run_name="{stage}", retries=0)
+def run_stage(stage: str, params_path: str, workdir: str) -> dict:
+    """Run one DAG stage (through DVC, or directly) and return its wall time and peak memory."""
+    params = load_params(Path(workdir) / params_path)
+    wd = Path(workdir).resolve()
+    if params.orchestration.use_dvc:
+        env = dict(os.environ)
+        env[FLOW_RUN_ENV] = _flow_run_id()
+        env["HPE_DVC_STAGE"] = stage
+        # The stage commands call `hpe`, which lives beside this interpreter.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        out = _run_dvc(stage, wd, env)
+    else:
+        os.environ[FLOW_RUN_ENV] = _flow_run_id()
+        out = _run_direct(stage, params, wd)
+    return {"stage": stage, **json.loads(out)}
+
+
+def ingest_markdown(workdir: Path, params: Params) -> str:
+    """Markdown table of the ingest counts and the top quarantine reasons per dataset."""
+    lines = ["# Ingested datasets", "", "| dataset | in | kept | filtered | quarantined | bad % |",
+             "|---|---:|---:|---:|---:|---:|"]
+    reasons = []
+    for name in params.ingest.datasets:
+        path = workdir / layout.ingest_metrics(name)
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        lines.append(f"| {name} | {m['counts_in']} | {m['kept']} | {m['filtered']} | {m['quarantined']} | "
+                     f"{100 * m['bad_fraction']:.2f} |")
+        for reason, n in list(m["quarantine_reasons"].items())[:5]:
+            reasons.append(f"| {name} | {n} | {reason} |")
+    lines += ["", "## Quarantine (top reasons)", ""]
+    lines += (["| dataset | records | reason |", "|---|---:|---|", *reasons] if reasons else ["Nothing quarantined."])
+    lines += ["", f"Quarantined records: `{layout.PARQUET}/<dataset>/quarantine.parquet`."]
+    return "\n".join(lines)
+
+
+@flow(name="hpe", log_prints=True)
+def hpe(params_path: str = "params.yaml", workdir: str = ".", stages: list[str] | None = None) -> list[dict]:
+    """The whole pipeline. ``stages`` restricts the run to some stage names (DAG order kept)."""
+    wd = Path(workdir).resolve()
+    params = load_params(wd / params_path)
+    names = stage_names(params)
+    if stages:
+        unknown = sorted(set(stages) - set(names))
+        if unknown:
+            raise ValueError(f"unknown stages {unknown}; valid: {names}")
+        names = [n for n in names if n in stages]
+    results = [run_stage(name, params_path, str(wd)) for name in names]
+
+    create_markdown_artifact(key="ingest-summary", markdown=ingest_markdown(wd, params),
+                             description="Dataset counts and quarantine summary")
+    create_table_artifact(key="stage-timings", table=[
+        {"stage": r["stage"], "seconds": round(r["seconds"], 2), "peak_rss_mb": round(r["peak_rss_bytes"] / 2**20),
+         "skipped": r["skipped"]} for r in results], description="Wall time and peak memory per stage")
+    write_json_atomic(wd / layout.run_summary(), {"flow_run_id": _flow_run_id(), "stages": results})
+    return results

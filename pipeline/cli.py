@@ -1,0 +1,97 @@
+"""``hpe`` command line: parses arguments, loads params, calls a stage function, prints a summary.
+
+No stage logic lives here (STYLE §1): every command is a thin wrapper over
+:mod:`pipeline.stages`, which DVC (through this CLI), Prefect and the tests share.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="hpe-pipeline stages.")
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="params file")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _load(params_path: Path):
+    from pipeline.config import ConfigError, load_params
+
+    try:
+        return load_params(params_path)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@app.command()
+def synth(name: str = typer.Argument(..., help="synthetic dataset: 300w_lp, aflw2000, biwi"),
+          out: Path = typer.Option(..., "--out", help="output directory (replaced)"),
+          params: Path = ParamsOpt) -> None:
+    """Write a synthetic dataset in its real on-disk layout."""
+    from pipeline import stages
+
+    p = _load(params)
+    try:
+        summary = stages.synth(p, name, out)
+    except (KeyError, ValueError) as err:
+        _fail(str(err).strip("'\""))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def ingest(name: str = typer.Argument(..., help="dataset: 300w_lp, aflw2000, biwi (auto: hpdb or npz), "
+                                               "biwi_hpdb, biwi_npz"),
+           raw_root: Path = typer.Option(..., "--raw-root", help="directory in the dataset's real layout"),
+           out: Path = typer.Option(..., "--out", help="Parquet output directory (replaced atomically)"),
+           metrics: Optional[Path] = typer.Option(None, "--metrics", help="write DVC metrics JSON here"),
+           engine: str = typer.Option("ray", "--engine", help="ray (Ray Data) or local (plain loop)"),
+           params: Path = ParamsOpt) -> None:
+    """Ingest a raw dataset directory into validated Parquet shards (+ quarantine)."""
+    from pipeline import stages
+    from pipeline.datasets.base import LayoutError
+    from pipeline.ingest import IngestError
+
+    p = _load(params)
+    try:
+        summary = stages.ingest_stage(p, name, raw_root, out, metrics=metrics, engine=engine)
+    except (LayoutError, IngestError) as err:
+        _fail(str(err))
+    except KeyError as err:
+        _fail(str(err).strip("'\""))
+    brief = {k: summary[k] for k in ("dataset", "counts_in", "kept", "filtered", "quarantined", "kept_by_split",
+                                     "seconds", "dvc_md5")}
+    typer.echo(json.dumps(brief, indent=2))
+    if summary["quarantined"]:
+        typer.echo(f"quarantined records: {Path(out) / 'quarantine.parquet'}", err=True)
+
+
+@app.command("check-params")
+def check_params(params: Path = ParamsOpt) -> None:
+    """Validate params.yaml and exit (non-zero with the offending key on error)."""
+    _load(params)
+    typer.echo(f"{params}: ok")
+
+
+@app.command()
+def summary(workdir: Path = typer.Option(Path("."), "--workdir")) -> None:
+    """Print the last flow run's per-stage wall time, peak memory and where to look next."""
+    from pipeline.summary import run_summary_text
+
+    typer.echo(run_summary_text(workdir))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

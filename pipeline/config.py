@@ -1,0 +1,168 @@
+"""Typed configuration: ``params.yaml`` loaded into pydantic models.
+
+Every model forbids unknown keys, so a typo (``crop_sz``) fails at load time with the
+dotted path of the key instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` is missing, does not parse, or holds an unknown or mistyped key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- synthetic writers
+class Synth300WLP(_Strict):
+    n_per_subset: int = Field(40, ge=1)
+
+
+class SynthAFLW2000(_Strict):
+    n: int = Field(160, ge=1)
+
+
+class SynthBIWI(_Strict):
+    n_sequences: int = Field(4, ge=1, le=24)
+    frames_per_sequence: int = Field(40, ge=1)
+
+
+class SyntheticConfig(_Strict):
+    w300lp: Synth300WLP | None = Field(default_factory=Synth300WLP, alias="300w_lp")
+    aflw2000: SynthAFLW2000 | None = Field(default_factory=SynthAFLW2000)
+    biwi: SynthBIWI | None = Field(default_factory=SynthBIWI)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def get(self, name: str) -> _Strict:
+        """Settings of the synthetic dataset ``name`` (``300w_lp``, ``aflw2000``, …)."""
+        for field_name, info in type(self).model_fields.items():
+            if name in (field_name, info.alias):
+                value = getattr(self, field_name)
+                if value is None:
+                    raise ConfigError(f"params.yaml: synthetic.{name} is disabled (null)")
+                return value
+        raise ConfigError(f"params.yaml: synthetic.{name}: unknown synthetic dataset")
+
+
+# ---------------------------------------------------------------- ingestion
+class DatasetIngest(_Strict):
+    raw_root: Path
+    crop_margin: tuple[float, float] = (0.2, 0.2)
+
+    @field_validator("crop_margin")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0.0 <= v[0] <= v[1] <= 2.0):
+            raise ValueError("crop_margin must be [lo, hi] with 0 <= lo <= hi <= 2")
+        return v
+
+
+class IngestConfig(_Strict):
+    crop_size: int = Field(96, ge=16, le=1024)
+    frame_size: int = Field(128, ge=16, le=4096)
+    head_margin: float = Field(0.2, ge=0.0, le=2.0)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    error_budget: float = Field(0.05, ge=0.0, le=1.0)
+    max_abs_angle: float = Field(99.0, gt=0.0, le=180.0)
+    min_box_inside: float = Field(0.5, ge=0.0, le=1.0)
+    shard_rows: int = Field(2048, ge=1)
+    batch_size: int = Field(16, ge=1)
+    num_cpus: int | None = Field(None, ge=1)
+    datasets: dict[str, DatasetIngest] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> IngestConfig:
+        from pipeline.datasets import DATASETS  # local: keeps config importable on its own
+
+        for name in self.datasets:
+            if name not in DATASETS:
+                raise ValueError(
+                    f"unknown dataset {name!r} under datasets; valid: {', '.join(sorted(DATASETS))}"
+                )
+        return self
+
+    def dataset(self, name: str) -> DatasetIngest:
+        """Settings of dataset ``name``; unknown names list the configured ones."""
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise ConfigError(
+                f"params.yaml: ingest.datasets.{name} is not configured; "
+                f"configured: {', '.join(sorted(self.datasets))}"
+            ) from None
+
+
+# ---------------------------------------------------------------- tracking / orchestration
+class TrackingConfig(_Strict):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "hpe"
+    enabled: bool = True
+
+    def resolved_uri(self) -> str:
+        """The tracking URI in force: ``MLFLOW_TRACKING_URI`` wins over params."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+
+
+class OrchestrationConfig(_Strict):
+    use_dvc: bool = True
+
+
+class Params(_Strict):
+    seed: int = 0
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping.
+
+    Raises:
+        ConfigError: naming the file and the dotted key of every problem.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS) -> Params:
+    """Load and validate ``params.yaml``.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or has an unknown/mistyped key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read params file ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(data, str(path))

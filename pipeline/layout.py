@@ -1,0 +1,30 @@
+"""Where stages put their outputs (the same paths ``dvc.yaml`` declares).
+
+``tests/unit/test_layout.py`` checks that ``dvc.yaml`` and these functions agree, so the
+Prefect flow's direct mode and ``dvc repro`` write to the same places.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+PARQUET = Path("data/parquet")
+METRICS = Path("metrics")
+REPORTS = Path("reports")
+
+
+def synth_out(name: str) -> Path:
+    return RAW / name
+
+
+def parquet_out(name: str) -> Path:
+    return PARQUET / name
+
+
+def ingest_metrics(name: str) -> Path:
+    return METRICS / "ingest" / f"{name}.json"
+
+
+def run_summary() -> Path:
+    return REPORTS / "pipeline_run.json"

@@ -1,0 +1,103 @@
+"""Stage functions: the one implementation that the CLI (and so DVC), Prefect and tests call.
+
+Each stage takes the validated :class:`~pipeline.config.Params` and explicit paths, writes
+its outputs atomically, and returns a small JSON-able summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON via a temp file + rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def synth(params: Params, name: str, out: str | Path) -> dict:
+    """Write the synthetic dataset ``name`` into ``out`` (replaced atomically).
+
+    Returns:
+        The writer's counts.
+    """
+    import shutil
+    import uuid
+
+    from pipeline.datasets import get_writer
+
+    writer = get_writer(name)
+    settings = params.synthetic.get(name).model_dump()
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        counts = writer.write(tmp, seed=params.seed, **settings)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"dataset": name, "out": str(out), **({"counts": counts} if counts is not None else {})}
+
+
+def resolve_dataset_name(name: str, raw_root: str | Path) -> str:
+    """Map the CLI alias ``biwi`` to ``biwi_hpdb`` or ``biwi_npz`` by what ``raw_root`` holds."""
+    if name != "biwi":
+        return name
+    root = Path(raw_root)
+    if root.suffix == ".npz" or (root / "BIWI_noTrack.npz").is_file() and not (root / "hpdb").is_dir():
+        return "biwi_npz"
+    return "biwi_hpdb"
+
+
+def ingest_stage(params: Params, name: str, raw_root: str | Path, out: str | Path,
+                 metrics: str | Path | None = None, engine: str = "ray") -> dict:
+    """Ingest dataset ``name`` from ``raw_root`` into Parquet at ``out``; track it in MLflow.
+
+    Returns:
+        The ingest summary plus the DVC hash of ``out`` and the MLflow run id.
+    """
+    from pipeline.ingest import ingest, record_kind
+    from pipeline.datasets import get_dataset
+    from pipeline.lineage import dvc_md5
+
+    name = resolve_dataset_name(name, raw_root)
+    spec = get_dataset(name)
+    ds_cfg = params.ingest.datasets.get(name)
+    crop_margin = ds_cfg.crop_margin if ds_cfg is not None else (0.2, 0.2)
+    settings = params.ingest.model_dump(exclude={"datasets"})
+    summary = ingest(name, raw_root, out, seed=params.seed, crop_margin=crop_margin, settings=settings,
+                     engine=engine).to_dict()
+    summary["dvc_md5"] = dvc_md5(out)
+    if params.tracking.enabled:
+        from pipeline.tracking import log_parquet_dataset, mlflow_run
+
+        import mlflow
+
+        with mlflow_run(params.tracking, f"ingest-{name}", tags={"stage": "ingest", "dataset": name}) as run:
+            mlflow.log_params({"dataset": name, "raw_root": str(raw_root), "seed": params.seed,
+                               "crop_margin": list(crop_margin), **settings})
+            mlflow.log_metrics({k: float(summary[k]) for k in
+                                ("counts_in", "kept", "filtered", "quarantined", "bad_fraction", "seconds")})
+            log_parquet_dataset(name, Path(out), record_kind(spec.kind).SCHEMA, summary["dvc_md5"], "ingest")
+            mlflow.log_dict(summary, "ingest_summary.json")
+            summary["mlflow_run_id"] = run.info.run_id
+    if metrics is not None:
+        # Only deterministic figures go to the DVC metrics file (same params ⇒ same metrics).
+        keys = ("dataset", "counts_in", "kept", "filtered", "quarantined", "kept_by_split", "quarantine_reasons",
+                "filter_reasons", "bad_fraction", "dvc_md5")
+        write_json_atomic(metrics, {k: summary[k] for k in keys})
+    return summary

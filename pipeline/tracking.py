@@ -1,0 +1,76 @@
+"""MLflow tracking: one place that knows the tracking URI, experiment and lineage tags.
+
+Lineage chain (DESIGN §5): a DVC data version (the ``dvc.lock`` hash of a stage output) →
+the Prefect flow run that drove the stage (``HPE_PREFECT_FLOW_RUN_ID``, set by the Prefect
+task for the ``dvc repro`` subprocess) → the MLflow run that logged it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import TrackingConfig
+
+FLOW_RUN_ENV = "HPE_PREFECT_FLOW_RUN_ID"
+
+
+def lineage_tags() -> dict[str, str]:
+    """Tags tying an MLflow run to the Prefect flow run (and DVC stage) that started it."""
+    tags = {}
+    if run_id := os.environ.get(FLOW_RUN_ENV):
+        tags["prefect.flow_run_id"] = run_id
+    if stage := os.environ.get("HPE_DVC_STAGE"):
+        tags["dvc.stage"] = stage
+    return tags
+
+
+@contextmanager
+def mlflow_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """Start an MLflow run in the configured experiment, tagged with the lineage tags."""
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.resolved_uri())
+    mlflow.set_experiment(cfg.experiment)
+    with mlflow.start_run(run_name=run_name, tags={**lineage_tags(), **(tags or {})}) as run:
+        yield run
+
+
+def _mlflow_type(t: pa.DataType) -> Any:
+    from mlflow.types.schema import Array, DataType
+
+    if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+        return Array(_mlflow_type(t.value_type))
+    table = {
+        pa.string(): DataType.string, pa.bool_(): DataType.boolean, pa.float64(): DataType.double,
+        pa.float32(): DataType.float, pa.int32(): DataType.integer, pa.int64(): DataType.long,
+        pa.binary(): DataType.binary,
+    }
+    return table.get(t, DataType.string)
+
+
+def arrow_to_mlflow_schema(schema: pa.Schema) -> Any:
+    """The MLflow dataset schema equivalent of an Arrow schema."""
+    from mlflow.types.schema import ColSpec, Schema
+
+    return Schema([ColSpec(_mlflow_type(f.type), f.name) for f in schema])
+
+
+def log_parquet_dataset(name: str, folder: Path, schema: pa.Schema, dvc_hash: str, context: str) -> None:
+    """Log a Parquet folder as an MLflow dataset input of the active run.
+
+    The digest is the DVC hash of the folder, so the MLflow dataset names the exact data
+    version that ``dvc.lock`` pins.
+    """
+    import mlflow
+    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = LocalArtifactDatasetSource(str(Path(folder).resolve()))
+    dataset = MetaDataset(source=source, name=name, digest=dvc_hash, schema=arrow_to_mlflow_schema(schema))
+    mlflow.log_input(dataset, context=context, tags={"dvc.md5": dvc_hash})
