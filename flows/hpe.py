@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
 from pipeline import layout
+from pipeline.datasets import DATASETS
 from pipeline.config import Params, load_params
 from pipeline.monitor import measure
 from pipeline.stages import write_json_atomic
@@ -29,7 +30,8 @@ def stage_names(params: Params) -> list[str]:
     """The DVC stage names of the DAG in topological order (matches ``dvc.yaml``'s foreach)."""
     synth = [f"synth@{name}" for name, cfg in params.synthetic.model_dump(by_alias=True).items() if cfg is not None]
     ingest = [f"ingest@{name}" for name in params.ingest.datasets]
-    return synth + ingest
+    gt = [f"ground_truth@{name}" for name in params.ingest.datasets if DATASETS[name].kind == "keypoints"]
+    return synth + ingest + gt
 
 
 def _flow_run_id() -> str:
@@ -68,6 +70,8 @@ def _run_direct(stage: str, params: Params, workdir: Path) -> str:
             elif kind == "ingest":
                 raw_root = params.ingest.dataset(name).raw_root
                 stages.ingest_stage(params, name, raw_root, layout.parquet_out(name), layout.ingest_metrics(name))
+            elif kind == "ground_truth":
+                stages.ground_truth(params, name, params.ingest.dataset(name).raw_root, layout.ground_truth_out(name))
             else:
                 raise ValueError(f"unknown stage kind {kind!r}")
     finally:

@@ -33,7 +33,7 @@ def _load(params_path: Path):
 
 
 @app.command()
-def synth(name: str = typer.Argument(..., help="synthetic dataset: 300w_lp, aflw2000, biwi"),
+def synth(name: str = typer.Argument(..., help="synthetic dataset: 300w_lp, aflw2000, biwi, coco, humanart"),
           out: Path = typer.Option(..., "--out", help="output directory (replaced)"),
           params: Path = ParamsOpt) -> None:
     """Write a synthetic dataset in its real on-disk layout."""
@@ -72,6 +72,25 @@ def ingest(name: str = typer.Argument(..., help="dataset: 300w_lp, aflw2000, biw
     typer.echo(json.dumps(brief, indent=2))
     if summary["quarantined"]:
         typer.echo(f"quarantined records: {Path(out) / 'quarantine.parquet'}", err=True)
+
+
+@app.command("ground-truth")
+def ground_truth(name: str = typer.Argument(..., help="keypoint dataset: coco, humanart"),
+                 raw_root: Path = typer.Option(..., "--raw-root", help="directory in the dataset's real layout"),
+                 out: Path = typer.Option(..., "--out", help="output directory for the COCO GT JSONs"),
+                 params: Path = ParamsOpt) -> None:
+    """Write COCO-format evaluation ground truth (all, per domain, per scene) for the val split."""
+    from pipeline import stages
+    from pipeline.datasets.base import LayoutError
+
+    p = _load(params)
+    try:
+        summary = stages.ground_truth(p, name, raw_root, out)
+    except (LayoutError, ValueError) as err:
+        _fail(str(err))
+    except KeyError as err:
+        _fail(str(err).strip("'\""))
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command("check-params")

@@ -38,10 +38,22 @@ class SynthBIWI(_Strict):
     frames_per_sequence: int = Field(40, ge=1)
 
 
+class SynthCOCO(_Strict):
+    n_train_images: int = Field(48, ge=1)
+    n_val_images: int = Field(24, ge=1)
+
+
+class SynthHumanArt(_Strict):
+    n_train_per_scene: int = Field(3, ge=1)
+    n_val_per_scene: int = Field(2, ge=1)
+
+
 class SyntheticConfig(_Strict):
     w300lp: Synth300WLP | None = Field(default_factory=Synth300WLP, alias="300w_lp")
     aflw2000: SynthAFLW2000 | None = Field(default_factory=SynthAFLW2000)
     biwi: SynthBIWI | None = Field(default_factory=SynthBIWI)
+    coco: SynthCOCO | None = Field(default_factory=SynthCOCO)
+    humanart: SynthHumanArt | None = Field(default_factory=SynthHumanArt)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -77,6 +89,8 @@ class IngestConfig(_Strict):
     error_budget: float = Field(0.05, ge=0.0, le=1.0)
     max_abs_angle: float = Field(99.0, gt=0.0, le=180.0)
     min_box_inside: float = Field(0.5, ge=0.0, le=1.0)
+    pose_input: tuple[int, int] = (192, 256)
+    pose_padding: float = Field(1.25, ge=1.0, le=3.0)
     shard_rows: int = Field(2048, ge=1)
     batch_size: int = Field(16, ge=1)
     num_cpus: int | None = Field(None, ge=1)

@@ -22,13 +22,25 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 def crop_resize(image: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
-    """Crop ``box`` (x0, y0, x1, y1 in pixels, may be fractional) and resize to ``size`` (w, h).
+    """Crop ``box`` (x0, y0, x1, y1, continuous pixel coordinates) and resize to ``size`` (w, h).
 
-    PIL's ``resize(box=...)`` samples the sub-pixel box directly, so no rounding of the box
-    shifts the crop (that matters when boxes are mapped back to image coordinates).
+    Continuous coordinates: pixel ``i`` covers ``[i, i + 1)``, so a point ``x`` maps to
+    ``(x - x0) * w / (x1 - x0)`` in the crop — the exact rule used to map keypoints and boxes
+    in and back out. PIL's ``resize(box=...)`` samples the sub-pixel box directly (no
+    rounding shifts the crop) and antialiases when shrinking. Parts of the box outside the
+    image are black (top-down pose crops often extend past the border).
     """
     img = Image.fromarray(np.ascontiguousarray(image))
-    out = img.resize(size, resample=Image.Resampling.BILINEAR, box=tuple(float(v) for v in box))
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if x0 < 0 or y0 < 0 or x1 > img.width or y1 > img.height:
+        # Pad onto a black canvas that covers the box, then crop from the canvas.
+        ox, oy = max(0, -int(np.floor(x0))), max(0, -int(np.floor(y0)))
+        cw = max(img.width + ox, int(np.ceil(x1)) + ox)
+        ch = max(img.height + oy, int(np.ceil(y1)) + oy)
+        canvas = Image.new("RGB", (cw, ch))
+        canvas.paste(img, (ox, oy))
+        img, (x0, y0, x1, y1) = canvas, (x0 + ox, y0 + oy, x1 + ox, y1 + oy)
+    out = img.resize(size, resample=Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
     return np.asarray(out)
 
 

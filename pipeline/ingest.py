@@ -66,7 +66,7 @@ def record_kind(kind: str) -> ModuleType:
     """The record-builder module for a dataset kind (``headpose``)."""
     import importlib
 
-    kinds = {"headpose": "pipeline.records.headpose"}
+    kinds = {"headpose": "pipeline.records.headpose", "keypoints": "pipeline.records.keypoints"}
     if kind not in kinds:
         raise KeyError(f"unknown record kind {kind!r}; valid: {', '.join(sorted(kinds))}")
     return importlib.import_module(kinds[kind])
@@ -227,14 +227,15 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
     """Ingest one dataset directory into Parquet.
 
     Args:
-        dataset: registry name (``300w_lp``, ``aflw2000``, ``biwi_hpdb``, ``biwi_npz``).
+        dataset: registry name (``300w_lp``, ``aflw2000``, ``biwi_hpdb``, ``biwi_npz``, ``coco``,
+            ``humanart``).
         raw_root: directory in the dataset's real layout.
         out: output folder (replaced atomically).
         seed: seed for per-sample random choices (the training crop margin).
         crop_margin: ``(lo, hi)`` face-crop margin k for this dataset.
-        settings: the ``ingest`` section of params (crop_size, frame_size, head_margin,
-            jpeg_quality, error_budget, max_abs_angle, min_box_inside, shard_rows, batch_size,
-            num_cpus).
+        settings: the ``ingest`` section of params without ``datasets`` (the record builder
+            of the dataset's kind reads the keys it needs; ``error_budget``, ``shard_rows``,
+            ``batch_size`` and ``num_cpus`` steer the job).
         engine: ``ray`` (Ray Data) or ``local`` (same work in a plain loop).
 
     Returns:
@@ -248,14 +249,8 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
     spec: DatasetSpec = get_dataset(dataset)
     kind = record_kind(spec.kind)
     raw_root, out = Path(raw_root), Path(out)
-    listing = spec.list_items(raw_root)
-    ctx = {
-        "dataset": dataset,
-        "seed": seed,
-        "crop_margin": tuple(crop_margin),
-        **{k: settings[k] for k in ("crop_size", "frame_size", "head_margin", "jpeg_quality", "max_abs_angle",
-                                    "min_box_inside")},
-    }
+    listing = spec.list_all(raw_root)
+    ctx = {**settings, "dataset": dataset, "seed": seed, "crop_margin": tuple(crop_margin)}
     startup = 0.0
     if not listing.items:
         tables = []
@@ -270,15 +265,20 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
     result = pa.concat_tables(tables) if tables else result_schema.empty_table()
 
     status = result.column("_status").to_pylist()
-    kept_idx = [i for i, s in enumerate(status) if s == "kept"]
-    filt_idx = [i for i, s in enumerate(status) if s == "filtered"]
-    quar_idx = [i for i, s in enumerate(status) if s == "quarantined"]
+
+    def where(value: str) -> pa.Array:
+        return pa.array([i for i, s in enumerate(status) if s == value], type=pa.int64())
+
+    kept_idx, filt_idx, quar_idx = where("kept"), where("filtered"), where("quarantined")
 
     kept = result.take(kept_idx).select(kind.SCHEMA.names).cast(kind.SCHEMA)
-    kept = kept.sort_by([("split", "ascending"), ("source_id", "ascending")])
+    order = [("split", "ascending"), ("source_id", "ascending")]
+    if "annotation_id" in kept.column_names:  # several person rows per image
+        order.append(("annotation_id", "ascending"))
+    kept = kept.sort_by(order)
     filtered = result.take(filt_idx).select(["source_id", "split", "_q_reason"]).rename_columns(FILTERED_SCHEMA.names)
     quarantine = _listing_rejects(listing.rejected)
-    if quar_idx:
+    if len(quar_idx):
         q = result.take(quar_idx).select(["source_id", "split", "_q_file", "_q_field", "_q_reason", "_q_units"])
         quarantine = pa.concat_tables([quarantine, q.rename_columns(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)])
     quarantine = quarantine.sort_by([("source_id", "ascending"), ("field", "ascending")])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RAW = Path("data/raw")
+GROUND_TRUTH = Path("data/ground_truth")
 PARQUET = Path("data/parquet")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
@@ -20,6 +21,10 @@ def synth_out(name: str) -> Path:
 
 def parquet_out(name: str) -> Path:
     return PARQUET / name
+
+
+def ground_truth_out(name: str) -> Path:
+    return GROUND_TRUTH / name
 
 
 def ingest_metrics(name: str) -> Path:

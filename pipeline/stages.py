@@ -53,6 +53,38 @@ def synth(params: Params, name: str, out: str | Path) -> dict:
     return {"dataset": name, "out": str(out), **({"counts": counts} if counts is not None else {})}
 
 
+def ground_truth(params: Params, name: str, raw_root: str | Path, out: str | Path) -> dict:
+    """COCO-format evaluation ground truth of keypoint dataset ``name`` (whole split, per
+    domain, per scene), written into ``out`` (replaced atomically).
+
+    Returns:
+        ``{"dataset", "out", "files": {key: path}}``.
+    """
+    import importlib
+    import shutil
+    import uuid
+
+    from pipeline.datasets import get_dataset
+    from pipeline.evaluate.coco_gt import write_ground_truth
+
+    spec = get_dataset(name)
+    if spec.kind != "keypoints":
+        raise ValueError(f"{name} is a {spec.kind} dataset; COCO ground truth exists for keypoint datasets only")
+    annotation_json, images_root_rel, strip_prefix = importlib.import_module(spec.module).ground_truth_source(
+        Path(raw_root))
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        files = write_ground_truth(annotation_json, images_root_rel, tmp, name, strip_prefix=strip_prefix)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"dataset": name, "out": str(out), "files": {k: str(out / p.name) for k, p in files.items()}}
+
+
 def resolve_dataset_name(name: str, raw_root: str | Path) -> str:
     """Map the CLI alias ``biwi`` to ``biwi_hpdb`` or ``biwi_npz`` by what ``raw_root`` holds."""
     if name != "biwi":

@@ -21,6 +21,9 @@ class DatasetSpec:
         module: module holding the reader.
         list_fn, load_fn: names of ``list_items(raw_root)`` and ``load_item(raw_root, item)``.
         synthetic: key of the synthetic writer that produces this layout.
+        splits: for datasets whose index files are per split (COCO-style JSON), the splits to
+            list; ``list_items(raw_root, split)`` is then called once per split. ``()`` means
+            ``list_items(raw_root)`` lists every split itself.
     """
 
     name: str
@@ -29,6 +32,7 @@ class DatasetSpec:
     list_fn: str
     load_fn: str
     synthetic: str
+    splits: tuple[str, ...] = ()
 
     def _fn(self, attr: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), attr)
@@ -40,6 +44,19 @@ class DatasetSpec:
     @property
     def load_item(self) -> Callable[..., Any]:
         return self._fn(self.load_fn)
+
+    def list_all(self, raw_root: Any) -> Any:
+        """Every split's listing merged into one :class:`~pipeline.datasets.base.Listing`."""
+        from pipeline.datasets.base import Listing
+
+        if not self.splits:
+            return self.list_items(raw_root)
+        merged = Listing(items=[], rejected=[])
+        for split in self.splits:
+            part = self.list_items(raw_root, split)
+            merged.items += part.items
+            merged.rejected += part.rejected
+        return merged
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,9 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("aflw2000", "headpose", f"{_HP}.aflw2000", "list_items", "load_item", "aflw2000"),
         DatasetSpec("biwi_hpdb", "headpose", f"{_HP}.biwi", "list_items_hpdb", "load_item_hpdb", "biwi"),
         DatasetSpec("biwi_npz", "headpose", f"{_HP}.biwi", "list_items_npz", "load_item_npz", "biwi"),
+        DatasetSpec("coco", "keypoints", f"{_HP}.coco", "list_items", "load_item", "coco", ("train", "val")),
+        DatasetSpec("humanart", "keypoints", f"{_HP}.humanart", "list_items", "load_item", "humanart",
+                    ("train", "val")),
     )
 }
 
@@ -71,6 +91,8 @@ WRITERS: dict[str, WriterSpec] = {
         WriterSpec("300w_lp", f"{_HP}.w300lp"),
         WriterSpec("aflw2000", f"{_HP}.aflw2000"),
         WriterSpec("biwi", f"{_HP}.biwi"),
+        WriterSpec("coco", f"{_HP}.coco"),
+        WriterSpec("humanart", f"{_HP}.humanart"),
     )
 }
 

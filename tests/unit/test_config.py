@@ -20,7 +20,7 @@ def test_shipped_params_validate():
     p = load_params(ROOT / "params.yaml")
     assert p.ingest.dataset("300w_lp").crop_margin == (0.2, 0.4)
     assert p.synthetic.get("300w_lp").n_per_subset >= 1
-    assert set(p.ingest.datasets) == {"300w_lp", "aflw2000", "biwi_hpdb", "biwi_npz"}
+    assert set(p.ingest.datasets) == {"300w_lp", "aflw2000", "biwi_hpdb", "biwi_npz", "coco", "humanart"}
 
 
 @pytest.mark.parametrize(

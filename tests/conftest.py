@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny params, tiny synthetic datasets, a throw-away copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Tiny sizes: every code path, seconds not minutes.
+TINY = {
+    "synthetic": {
+        "300w_lp": {"n_per_subset": 3},
+        "aflw2000": {"n": 40},
+        "biwi": {"n_sequences": 2, "frames_per_sequence": 4},
+        "coco": {"n_train_images": 6, "n_val_images": 4},
+        "humanart": {"n_train_per_scene": 1, "n_val_per_scene": 1},
+    },
+}
+
+
+def tiny_params_dict() -> dict:
+    """params.yaml with the tiny synthetic sizes."""
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["synthetic"] = TINY["synthetic"]
+    return data
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_services():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    yield
+
+
+def make_project_copy(dest: Path, params: dict) -> Path:
+    """A fresh git + DVC repository holding this project's DAG, code deps and ``params``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    shutil.copytree(ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / ".gitignore", dest / ".gitignore")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=dest, check=True)
+    return dest
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for `dvc`/`hpe` subprocesses: this venv first on PATH, no telemetry."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory) -> Path:
+    """All tiny synthetic head-pose datasets, written once per session (read-only for tests)."""
+    from pipeline import stages
+    from pipeline.config import parse_params
+
+    root = tmp_path_factory.mktemp("raw")
+    params = parse_params(tiny_params_dict())
+    for name in ("300w_lp", "aflw2000", "biwi"):
+        stages.synth(params, name, root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def keypoint_raw(tmp_path_factory) -> Path:
+    """Tiny synthetic COCO and HumanArt, written once per session (read-only for tests)."""
+    from pipeline import stages
+    from pipeline.config import parse_params
+
+    root = tmp_path_factory.mktemp("kpraw")
+    params = parse_params(tiny_params_dict())
+    for name in ("coco", "humanart"):
+        stages.synth(params, name, root / name)
+    return root

@@ -1,0 +1,74 @@
+"""`dvc repro` on a fresh copy: runs the DAG, second run is a no-op, one param reruns one branch,
+and each ingest's MLflow dataset carries the very hash dvc.lock pins."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import make_project_copy, subprocess_env, tiny_params_dict
+
+pytestmark = pytest.mark.integration
+
+
+def _dvc(repo, *args) -> str:
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=subprocess_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def _ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = make_project_copy(tmp_path_factory.mktemp("dvcproj"), tiny_params_dict())
+    out = _dvc(repo, "repro")
+    return repo, out
+
+
+def test_repro_runs_every_stage_and_writes_parquet(repo):
+    path, out = repo
+    assert _ran(out) == {"synth@300w_lp", "synth@aflw2000", "synth@biwi", "ingest@300w_lp", "ingest@aflw2000",
+                         "ingest@biwi_hpdb", "ingest@biwi_npz"}
+    for name, n in (("300w_lp", 24), ("aflw2000", 40), ("biwi_hpdb", 8), ("biwi_npz", 8)):
+        m = json.loads((path / "metrics" / "ingest" / f"{name}.json").read_text())
+        assert m["counts_in"] == n
+        assert m["counts_in"] == m["kept"] + m["filtered"] + m["quarantined"]
+        assert list((path / "data" / "parquet" / name).glob("*/part-*.parquet"))
+
+
+def test_mlflow_dataset_digest_is_the_dvc_lock_hash(repo):
+    path, _ = repo
+    lock = yaml.safe_load((path / "dvc.lock").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["hpe"], output_format="list")
+    by_dataset = {r.data.tags["dataset"]: r for r in runs if r.data.tags.get("stage") == "ingest"}
+    for name in ("300w_lp", "aflw2000", "biwi_hpdb", "biwi_npz"):
+        outs = lock["stages"][f"ingest@{name}"]["outs"]
+        md5 = next(o["md5"] for o in outs if o["path"] == f"data/parquet/{name}")
+        metrics = json.loads((path / "metrics" / "ingest" / f"{name}.json").read_text())
+        assert metrics["dvc_md5"] == md5
+        inputs = by_dataset[name].inputs.dataset_inputs
+        assert [i.dataset.digest for i in inputs] == [md5]
+        assert by_dataset[name].data.tags["dvc.stage"] == f"ingest@{name}" or "dvc.stage" not in by_dataset[name].data.tags
+
+
+def test_second_repro_is_a_noop_and_one_param_reruns_one_branch(repo):
+    path, _ = repo
+    out = _dvc(path, "repro")
+    assert _ran(out) == set(), out
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["ingest"]["datasets"]["aflw2000"]["crop_margin"] = [0.25, 0.25]
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _dvc(path, "repro")
+    assert _ran(out) == {"ingest@aflw2000"}, out
+    params["synthetic"]["biwi"]["frames_per_sequence"] = 3
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _dvc(path, "repro")
+    assert _ran(out) == {"synth@biwi", "ingest@biwi_hpdb", "ingest@biwi_npz"}, out

@@ -1,0 +1,38 @@
+"""dvc.yaml, pipeline.layout and the Prefect flow agree on stage names and output paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dvc.repo import Repo
+
+from flows.hpe import stage_names
+from pipeline import layout
+from pipeline.config import load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _dvc_stages() -> dict[str, list[str]]:
+    with Repo(str(ROOT)) as repo:
+        return {s.addressing: [str(Path(o.def_path)) for o in s.outs] for s in repo.index.stages}
+
+
+def test_flow_runs_every_dvc_stage_and_paths_match():
+    params = load_params(ROOT / "params.yaml")
+    dvc = _dvc_stages()
+    assert set(stage_names(params)) == set(dvc)
+    for name in params.synthetic.model_dump(by_alias=True):
+        assert dvc[f"synth@{name}"] == [str(layout.synth_out(name))]
+    for name in params.ingest.datasets:
+        assert dvc[f"ingest@{name}"] == [str(layout.parquet_out(name)), str(layout.ingest_metrics(name))]
+    for name in ("coco", "humanart"):
+        assert dvc[f"ground_truth@{name}"] == [str(layout.ground_truth_out(name))]
+
+
+def test_flow_order_is_topological():
+    params = load_params(ROOT / "params.yaml")
+    order = stage_names(params)
+    for name, cfg in params.ingest.datasets.items():
+        writer = next(s for s in order if s.startswith("synth@") and str(cfg.raw_root).endswith(s.split("@")[1]))
+        assert order.index(writer) < order.index(f"ingest@{name}")
