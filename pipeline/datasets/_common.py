@@ -146,9 +146,7 @@ def require_dir(root: Path, expected: str) -> Path:
     return root
 
 
-def load_image_mat_sample(
-    raw_root: Path, source_id: str, *, landmarks_key: str, landmarks_rows: int
-) -> HeadPoseSample:
+def load_image_mat_sample(raw_root: Path, source_id: str, *, landmarks_key: str, landmarks_rows: int) -> HeadPoseSample:
     """Load a 300W-LP-style sample: ``source_id.jpg`` + ``source_id.mat`` with ``Pose_Para``.
 
     Args:
@@ -172,5 +170,6 @@ def load_image_mat_sample(
     yaw, pitch, roll = pose_para_angles(pose_para)
     landmarks = mat_array(mat, landmarks_key, (landmarks_rows, 68), mat_rel)[:2].T.copy()
     image = decode_image(Path(f"{base}.jpg"), f"{source_id}.jpg")
-    return HeadPoseSample(image=image, yaw=yaw, pitch=pitch, roll=roll, face_box=points_box(landmarks),
-                          landmarks=landmarks)
+    return HeadPoseSample(
+        image=image, yaw=yaw, pitch=pitch, roll=roll, face_box=points_box(landmarks), landmarks=landmarks
+    )

@@ -91,11 +91,9 @@ def synthetic_samples(n: int, seed: int) -> Iterator[head.SyntheticHead]:
         # z of pt3d_68 in pixel units, positive toward the camera (3DDFA's model z after scaling).
         z = (r.centre[2] - r.landmarks_cam[:, 2]) * f_over_z
         pt3d = np.vstack([r.landmarks.T, z[None]])
-        yield head.SyntheticHead(
-            f"image{ids[i]:05d}", "", False, yaw, pitch, roll, r.image, r.landmarks,
-            {"pose_para": _common.pose_para_row(yaw, pitch, roll, (u, SIZE - v, 0.0), f_over_z / 1000.0),
-             "pt3d_68": pt3d, "outlier": i in outliers},
-        )
+        pose_para = _common.pose_para_row(yaw, pitch, roll, (u, SIZE - v, 0.0), f_over_z / 1000.0)
+        extra = {"pose_para": pose_para, "pt3d_68": pt3d, "outlier": i in outliers}
+        yield head.SyntheticHead(f"image{ids[i]:05d}", "", False, yaw, pitch, roll, r.image, r.landmarks, extra)
 
 
 def write_synthetic(root: Path, n: int, seed: int) -> dict:
@@ -114,12 +112,15 @@ def write_synthetic(root: Path, n: int, seed: int) -> dict:
     beyond = 0
     for s in synthetic_samples(n, seed):
         _common.save_jpeg(root / f"{s.source_id}.jpg", s.image, JPEG_QUALITY)
-        _common.save_mat(root / f"{s.source_id}.mat", {
-            "Pose_Para": s.extra["pose_para"],
-            "pt3d_68": np.ascontiguousarray(s.extra["pt3d_68"], dtype=np.float64),
-            "roi": np.array([_common.points_box(s.landmarks)], dtype=np.float64),
-            "Shape_Para": np.zeros((199, 1), np.float32),
-            "Exp_Para": np.zeros((29, 1), np.float32),
-        })
+        _common.save_mat(
+            root / f"{s.source_id}.mat",
+            {
+                "Pose_Para": s.extra["pose_para"],
+                "pt3d_68": np.ascontiguousarray(s.extra["pt3d_68"], dtype=np.float64),
+                "roi": np.array([_common.points_box(s.landmarks)], dtype=np.float64),
+                "Shape_Para": np.zeros((199, 1), np.float32),
+                "Exp_Para": np.zeros((29, 1), np.float32),
+            },
+        )
         beyond += bool(s.extra["outlier"])
     return {"samples": n, "beyond_99": beyond}

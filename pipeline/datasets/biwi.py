@@ -132,8 +132,10 @@ def read_cal(path: Path, rel: str) -> Calibration:
 
 def format_cal(cal: Calibration) -> str:
     """A ``*.cal`` file's text in BIWI's layout."""
+
     def block(a):
         return "".join("".join(f"{v:g} " for v in row) + "\n" for row in np.atleast_2d(a))
+
     return "\n".join([block(cal.K), block(cal.dist), block(cal.R), block(cal.t)])
 
 
@@ -148,7 +150,7 @@ def encode_depth_bin(depth_mm: np.ndarray) -> bytes:
     full = flat != 0
     edges = np.concatenate([[0], np.flatnonzero(np.diff(full.astype(np.int8))) + 1, [flat.size]])
     out = [struct.pack("<ii", w, h)]
-    i, runs = 0, list(zip(edges[:-1], edges[1:]))
+    i, runs = 0, list(zip(edges[:-1], edges[1:], strict=True))
     while i < len(runs):
         empty = 0
         if not full[runs[i][0]]:
@@ -156,7 +158,7 @@ def encode_depth_bin(depth_mm: np.ndarray) -> bytes:
             i += 1
         values = b""
         if i < len(runs) and full[runs[i][0]]:
-            values = flat[runs[i][0]:runs[i][1]].tobytes()
+            values = flat[runs[i][0] : runs[i][1]].tobytes()
             i += 1
         out.append(struct.pack("<ii", empty, len(values) // 2) + values)
     return b"".join(out)
@@ -176,7 +178,7 @@ def decode_depth_bin(data: bytes) -> np.ndarray:
         off += 8
         if empty < 0 or nfull < 0 or p + empty + nfull > w * h or off + 2 * nfull > len(data):
             raise ValueError("inconsistent run lengths")
-        out[p + empty:p + empty + nfull] = np.frombuffer(data, "<i2", nfull, off)
+        out[p + empty : p + empty + nfull] = np.frombuffer(data, "<i2", nfull, off)
         off += 2 * nfull
         p += empty + nfull
     return out.reshape(h, w)
@@ -317,8 +319,9 @@ def load_item_npz(raw_root: Path, item: Item) -> HeadPoseSample:
     if not np.isfinite(pose).all():
         raise BadRecord(path.name, "pose", f"row {i}: NaN or inf")
     rgb = np.ascontiguousarray(images[i][..., ::-1])
-    return HeadPoseSample(image=rgb, yaw=float(pose[0]), pitch=float(pose[1]), roll=float(pose[2]),
-                          face_box=None, landmarks=None)
+    return HeadPoseSample(
+        image=rgb, yaw=float(pose[0]), pitch=float(pose[1]), roll=float(pose[2]), face_box=None, landmarks=None
+    )
 
 
 # ------------------------------------------------------------------------------ synthetic
@@ -375,15 +378,15 @@ def synthetic_frames(n_sequences: int, frames_per_sequence: int, seed: int) -> I
             centre = base + rng.normal(0.0, 15.0, 3)
             # The picture is posed by M itself in the RGB frame (the ~1° extrinsic rotation is
             # left out) so the label describes the picture exactly; only the centre is mapped.
-            r = head.render(yaw, pitch, roll, width=WIDTH, height=HEIGHT, look=look, rng=rng,
-                            centre=cal.to_camera(centre), K=cal.K, identity=idt)
+            r = head.render(yaw, pitch, roll, width=WIDTH, height=HEIGHT, look=look, rng=rng, K=cal.K,
+                            centre=cal.to_camera(centre), identity=idt)  # fmt: skip
             box = head_box(cal, centre)
             crop = Image.fromarray(r.image).crop(tuple(int(round(v)) for v in box))
             crop = np.asarray(crop.resize((NPZ_SIZE, NPZ_SIZE), Image.Resampling.BILINEAR))
+            extra = dict(rotation=M, centre_depth=centre, rgb_cal=cal, identity=idt, depth=r.depth, box=box,
+                         crop=crop, npz_index=row)  # fmt: skip
             yield head.SyntheticHead(
-                f"hpdb/{seq:02d}/frame_{k:05d}", f"{seq:02d}", False, yaw, pitch, roll, r.image, None,
-                {"rotation": M, "centre_depth": centre, "rgb_cal": cal, "identity": idt, "depth": r.depth,
-                 "box": box, "crop": crop, "npz_index": row},
+                f"hpdb/{seq:02d}/frame_{k:05d}", f"{seq:02d}", False, yaw, pitch, roll, r.image, None, extra
             )
             row += 1
 
@@ -427,10 +430,13 @@ def write_synthetic(root: Path, n_sequences: int, frames_per_sequence: int, seed
         poses.append((s.yaw, s.pitch, s.roll))
         counts[s.subset] += 1
     root.mkdir(parents=True, exist_ok=True)
-    _save_npz(root / NPZ_NAME, {
-        "image": np.array(crops, dtype=np.uint8).reshape(-1, NPZ_SIZE, NPZ_SIZE, 3),
-        "pose": np.array(poses, dtype=np.float64).reshape(-1, 3),
-        "img_size": np.array(NPZ_SIZE),
-    })
+    _save_npz(
+        root / NPZ_NAME,
+        {
+            "image": np.array(crops, dtype=np.uint8).reshape(-1, NPZ_SIZE, NPZ_SIZE, 3),
+            "pose": np.array(poses, dtype=np.float64).reshape(-1, 3),
+            "img_size": np.array(NPZ_SIZE),
+        },
+    )
     counts[NPZ_NAME] = len(poses)
     return counts

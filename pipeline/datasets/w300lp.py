@@ -99,14 +99,14 @@ def synthetic_samples(n_per_subset: int, seed: int) -> Iterator[head.SyntheticHe
             u, v = head.project(head.camera_matrix(look, SIZE, SIZE), r.centre[None])[0]
             # tdx/tdy/tdz/scale as 3DDFA's weak perspective would give them (y up); unused by readers.
             scale = look.focal_px / r.centre[2] / 1000.0
+            pose_para = _common.pose_para_row(yaw, pitch, roll, (u, SIZE - v, 0.0), scale)
             yield head.SyntheticHead(f"{subset}/{name}", subset, False, yaw, pitch, roll, r.image, r.landmarks,
-                                     {"pose_para": _common.pose_para_row(yaw, pitch, roll, (u, SIZE - v, 0.0), scale)})
+                                     extra={"pose_para": pose_para})  # fmt: skip
             fy, fp, fr = geometry.flip_euler(yaw, pitch, roll)
-            yield head.SyntheticHead(
-                f"{subset}_Flip/{name}", f"{subset}_Flip", True, fy, fp, fr,
-                np.ascontiguousarray(r.image[:, ::-1]), geometry.flip_points_x(r.landmarks, SIZE),
-                {"pose_para": _common.pose_para_row(fy, fp, fr, (SIZE - 1 - u, SIZE - v, 0.0), scale)},
-            )
+            pose_para = _common.pose_para_row(fy, fp, fr, (SIZE - 1 - u, SIZE - v, 0.0), scale)
+            image, landmarks = np.ascontiguousarray(r.image[:, ::-1]), geometry.flip_points_x(r.landmarks, SIZE)
+            yield head.SyntheticHead(f"{subset}_Flip/{name}", f"{subset}_Flip", True, fy, fp, fr, image, landmarks,
+                                     extra={"pose_para": pose_para})  # fmt: skip
 
 
 def write_sample(root: Path, s: head.SyntheticHead) -> None:
@@ -114,13 +114,16 @@ def write_sample(root: Path, s: head.SyntheticHead) -> None:
     base = Path(root) / s.source_id
     base.parent.mkdir(parents=True, exist_ok=True)
     _common.save_jpeg(Path(f"{base}.jpg"), s.image, JPEG_QUALITY)
-    _common.save_mat(Path(f"{base}.mat"), {
-        "Pose_Para": s.extra["pose_para"],
-        "pt2d": np.ascontiguousarray(s.landmarks.T, dtype=np.float64),
-        "roi": np.array([_common.points_box(s.landmarks)], dtype=np.float64),
-        "Shape_Para": np.zeros((199, 1), np.float32),
-        "Exp_Para": np.zeros((29, 1), np.float32),
-    })
+    _common.save_mat(
+        Path(f"{base}.mat"),
+        {
+            "Pose_Para": s.extra["pose_para"],
+            "pt2d": np.ascontiguousarray(s.landmarks.T, dtype=np.float64),
+            "roi": np.array([_common.points_box(s.landmarks)], dtype=np.float64),
+            "Shape_Para": np.zeros((199, 1), np.float32),
+            "Exp_Para": np.zeros((29, 1), np.float32),
+        },
+    )
 
 
 def write_synthetic(root: Path, n_per_subset: int, seed: int) -> dict:

@@ -160,8 +160,8 @@ LOOKS: dict[str, Look] = {
         light_dir=(0.65, -0.45, -0.6),
         light_jitter_deg=30.0,
         light_colour=(1.0, 0.9, 0.76),
-        ambient=0.22,
-        diffuse=1.0,
+        ambient=0.32,
+        diffuse=0.95,
         specular=0.25,
         skin_lo=(0.3, 0.2, 0.13),
         skin_hi=(0.92, 0.74, 0.6),
@@ -375,13 +375,12 @@ def _cast(prims: list[_Ellipsoid], origins: np.ndarray, dirs: np.ndarray) -> tup
     return best_t, best_i
 
 
-def _surface_front(prims: list[_Ellipsoid], xy: np.ndarray) -> np.ndarray:
-    """Points of the head surface seen from straight ahead (−z) at head-frame ``xy`` (N, 2)."""
-    origins = np.column_stack([xy, np.full(len(xy), -1000.0)])
-    t, i = _cast(prims, origins, np.tile([0.0, 0.0, 1.0], (len(xy), 1)))
+def _surface_points(prims: list[_Ellipsoid], origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Where rays from outside first meet the model (N, 3); every ray must hit."""
+    t, i = _cast(prims, origins, dirs)
     if (i < 0).any():
-        raise AssertionError("a face landmark missed the head model")  # a bug in the face layout
-    return origins + t[:, None] * np.array([0.0, 0.0, 1.0])
+        raise AssertionError("a landmark ray missed the head model")  # a bug in the face layout
+    return origins + t[:, None] * dirs
 
 
 # ----------------------------------------------------------------------------- face layout
@@ -452,15 +451,16 @@ def head_landmarks(idt: Identity) -> np.ndarray:
     xy[27:31, 1] = np.linspace(idt.eye_y - 2.0, tip[1], 4)
     # Nose base: alae higher than the nostrils' lower edge, subnasale lowest.
     base_y = tip[1] + 8.0
-    xy[31:36] = np.column_stack([idt.nose_w * np.array([-1.0, -0.5, 0.0, 0.5, 1.0]),
-                                 base_y + np.array([-3.0, -1.0, 0.0, -1.0, -3.0])])
+    xy[31:36] = np.column_stack(
+        [idt.nose_w * np.array([-1.0, -0.5, 0.0, 0.5, 1.0]), base_y + np.array([-3.0, -1.0, 0.0, -1.0, -3.0])]
+    )
     # Eyes: corner, upper lid at −1/3 and +1/3, corner, lower lid at +1/3 and −1/3.
     X = np.array([-1.0, -1 / 3, 1 / 3, 1.0, 1 / 3, -1 / 3])
     up, lo = _eye_lids(idt, X)
     ey = np.where(np.arange(6) < 3, up, lo)
     ey[[0, 3]] = idt.eye_y
     for start, ex in ((36, -idt.eye_dx), (42, idt.eye_dx)):
-        xy[start:start + 6] = np.column_stack([ex + X * idt.eye_w, ey])
+        xy[start : start + 6] = np.column_stack([ex + X * idt.eye_w, ey])
     # Lips.
     m = _mouth_curves(idt)
     xy[48:55] = np.column_stack(m["up"])
@@ -468,7 +468,9 @@ def head_landmarks(idt: Identity) -> np.ndarray:
     xy[60:65] = np.column_stack(m["up_in"])
     xy[65:68] = np.column_stack(m["lo_in"])[3:0:-1]
     pts = np.zeros((N_LANDMARKS, 3))
-    pts[17:] = _surface_front(prims[:4], xy[17:] * s)
+    # Face points: seen from straight ahead (rays along +z through the feature's x, y).
+    origins = np.column_stack([xy[17:] * s, np.full(N_LANDMARKS - 17, -1000.0)])
+    pts[17:] = _surface_points(prims[:4], origins, np.tile([0.0, 0.0, 1.0], (N_LANDMARKS - 17, 1)))
     # Jaw: a contour from in front of the ears (k = 0, 16) round the jaw angles to the chin
     # (k = 8); each target is pulled onto the outer surface by a ray aimed from outside at the
     # middle of the lower face, so the points lie on the model's jaw line.
@@ -477,9 +479,7 @@ def head_landmarks(idt: Identity) -> np.ndarray:
     aim = np.array([0.0, 10.0, -10.0]) * s
     d_out = target - aim
     d_out /= np.linalg.norm(d_out, axis=1, keepdims=True)
-    origins = aim + 1000.0 * d_out
-    t, i = _cast(prims, origins, -d_out)
-    pts[:17] = origins - t[:, None] * d_out
+    pts[:17] = _surface_points(prims, aim + 1000.0 * d_out, -d_out)
     return pts
 
 
@@ -491,9 +491,9 @@ def pose_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 def camera_matrix(look: Look, width: int, height: int) -> np.ndarray:
     """Intrinsics of ``look``'s camera for a ``width``×``height`` image, principal point centred."""
-    return np.array([[look.focal_px, 0.0, (width - 1) / 2.0],
-                     [0.0, look.focal_px, (height - 1) / 2.0],
-                     [0.0, 0.0, 1.0]])
+    return np.array(
+        [[look.focal_px, 0.0, (width - 1) / 2.0], [0.0, look.focal_px, (height - 1) / 2.0], [0.0, 0.0, 1.0]]
+    )
 
 
 def project(K: np.ndarray, points_cam: np.ndarray) -> np.ndarray:
@@ -551,8 +551,9 @@ def _background(style: str, rng: np.random.Generator, w: int, h: int) -> np.ndar
         for _ in range(int(rng.integers(3, 8))):
             x0, y0 = rng.uniform(-0.3, 1.0) * sw, rng.uniform(0.0, 1.0) * sh
             r = rng.uniform(0.08, 0.35) * sw
-            d.ellipse((x0, y0, x0 + r, y0 + r * rng.uniform(0.5, 1.5)),
-                      fill=tuple(int(c) for c in rng.integers(20, 255, 3)))
+            d.ellipse(
+                (x0, y0, x0 + r, y0 + r * rng.uniform(0.5, 1.5)), fill=tuple(int(c) for c in rng.integers(20, 255, 3))
+            )
         img = img.filter(ImageFilter.GaussianBlur(1.5))  # bokeh, not polygons
         blobs = np.asarray(img, np.float32) / 255.0
         mask = blobs.sum(-1, keepdims=True) > 0
@@ -567,8 +568,10 @@ def _background(style: str, rng: np.random.Generator, w: int, h: int) -> np.ndar
         for _ in range(int(rng.integers(1, 4))):
             x0 = rng.uniform(-0.1, 0.9) * sw
             shade = g * 255 * rng.uniform(0.6, 1.3)
-            d.rectangle((x0, rng.uniform(-0.2, 0.5) * sh, x0 + rng.uniform(0.05, 0.3) * sw, sh),
-                        fill=(int(shade), int(shade), int(shade * 1.03)))
+            d.rectangle(
+                (x0, rng.uniform(-0.2, 0.5) * sh, x0 + rng.uniform(0.05, 0.3) * sw, sh),
+                fill=(int(shade), int(shade), int(shade * 1.03)),
+            )
         base = np.asarray(img, np.float32) / 255.0
         # Low-frequency blotches of an unevenly lit wall.
         blotch = rng.normal(0.0, 0.025, (sh // 4 + 2, sw // 4 + 2)).astype(np.float32)
@@ -584,9 +587,11 @@ def _paint_face(x, y, z, part, idt: Identity, alb: np.ndarray) -> None:
     hair = np.array(idt.hair, np.float32)
     cran = part == CRANIUM
     # Hair: the back and top of the cranium, a hairline curving down at the temples, sideburns.
-    is_hair = cran & (((z > -35.0) & (y < idt.hair_back_y))
-                      | (y < idt.hairline_y + 12.0 * (x / 60.0) ** 2)
-                      | ((np.abs(x) > 60.0) & (y < -8.0) & (z > -62.0)))
+    is_hair = cran & (
+        ((z > -35.0) & (y < idt.hair_back_y))
+        | (y < idt.hairline_y + 12.0 * (x / 60.0) ** 2)
+        | ((np.abs(x) > 60.0) & (y < -8.0) & (z > -62.0))
+    )
     if is_hair.any():
         strands = 0.78 + 0.22 * np.sin(1.9 * x[is_hair] + 0.35 * y[is_hair] + idt.phase[0])
         alb[is_hair] = hair * strands[:, None].astype(np.float32)
@@ -623,12 +628,11 @@ def _paint_face(x, y, z, part, idt: Identity, alb: np.ndarray) -> None:
         col[on] = hair * 0.85 + 0.02
         alb[brows] = col
     # Nostrils: two dark ellipses at the nose base, around landmarks 32 and 34.
-    prims_nw = idt.nose_w
-    tip_y = _nose_tip(_head_parts(idt)[2])[1] / idt.scale
-    base_y = tip_y + 8.0
-    nos = face & (np.abs(y - (base_y - 2.0)) < 3.0) & (ax < prims_nw)
+    nw = idt.nose_w
+    base_y = _nose_tip(_head_parts(idt)[2])[1] / idt.scale + 8.0  # as in head_landmarks
+    nos = face & (np.abs(y - (base_y - 2.0)) < 3.0) & (ax < nw)
     if nos.any():
-        r = ((ax[nos] - prims_nw / 2.0) / 4.2) ** 2 + ((y[nos] - (base_y - 2.0)) / 2.4) ** 2
+        r = ((ax[nos] - nw / 2.0) / 4.2) ** 2 + ((y[nos] - (base_y - 2.0)) / 2.4) ** 2
         col = alb[nos]
         col[r < 1.0] = col[r < 1.0] * 0.25
         alb[nos] = col
@@ -658,7 +662,7 @@ def _albedo(ph: list, part: np.ndarray, idt: Identity, look: Look, rng: np.rando
     alb[:] = idt.skin
     alb[part == TORSO] = idt.cloth
     # Slightly redder cheeks: a face reads as a face.
-    cheek = (z < -20.0) & (np.abs(y - 24.0) < 30.0)
+    cheek = (part <= EAR) & (z < -20.0) & (np.abs(y - 24.0) < 30.0)
     w = np.exp(-(((np.abs(x[cheek]) - 38.0) / 16.0) ** 2 + ((y[cheek] - 24.0) / 14.0) ** 2))
     alb[cheek] *= 1.0 + 0.12 * w[:, None] * np.array([0.4, -0.5, -0.4], np.float32)
     # Skin texture: low-frequency mottling fixed on the surface plus fine grain.
@@ -722,8 +726,10 @@ def _shade(img, depth, hit, ids, zbuf, us, vs, prims, P, centre, L, idt: Identit
     p = (dx * t, dy * t, t)
     # Per-primitive constants gathered per pixel, one contiguous row per coefficient:
     # N = rot diag(1/a²) rotᵀ (the quadric's gradient matrix, 9), centre (3), part id (1).
-    table = np.array([np.concatenate([(e.rot @ np.diag(1.0 / e.axes**2) @ e.rot.T).ravel(), e.centre, [e.part]])
-                      for e in prims], np.float32).T
+    table = np.array(
+        [np.concatenate([(e.rot @ np.diag(1.0 / e.axes**2) @ e.rot.T).ravel(), e.centre, [e.part]]) for e in prims],
+        np.float32,
+    ).T
     co = table[:, pid]
     q = [p[k] - co[9 + k] for k in range(3)]
     n = [co[3 * k] * q[0] + co[3 * k + 1] * q[1] + co[3 * k + 2] * q[2] for k in range(3)]
@@ -901,8 +907,9 @@ def template_mesh(idt: Identity, n_u: int = 16, n_v: int = 10) -> tuple[np.ndarr
     """
     th = np.linspace(0.0, np.pi, n_v + 1)[1:-1]
     ph = np.linspace(0.0, 2 * np.pi, n_u, endpoint=False)
-    ring = np.stack([np.sin(th)[:, None] * np.cos(ph), np.cos(th)[:, None] * np.ones_like(ph),
-                     np.sin(th)[:, None] * np.sin(ph)], -1).reshape(-1, 3)
+    ring = np.stack(
+        [np.sin(th)[:, None] * np.cos(ph), np.cos(th)[:, None] * np.ones_like(ph), np.sin(th)[:, None] * np.sin(ph)], -1
+    ).reshape(-1, 3)
     unit = np.concatenate([[[0.0, 1.0, 0.0]], ring, [[0.0, -1.0, 0.0]]])
     faces_one = []
     nr = len(th)

@@ -145,7 +145,7 @@ def test_every_bad_input_is_quarantined_with_file_and_field(broken_300w_lp, tmp_
     assert set(q) == set(cases.values())
     expect = {
         "truncated_mat": (".mat", None), "missing_mat": (".mat", None), "missing_jpg": (".jpg", None),
-        "corrupt_jpg": (".jpg", None), "truncated_jpg": (".jpg", None), "nan_angle": (None, "pitch"),
+        "corrupt_jpg": (".jpg", None), "truncated_jpg": (".jpg", None), "nan_angle": (".mat", "Pose_Para"),
         "out_of_range": (None, "yaw"), "box_outside": (None, "face_box"),
     }
     for case, sid in cases.items():
