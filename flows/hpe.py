@@ -16,7 +16,6 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import get_run_context
 
 from pipeline import layout
 from pipeline.datasets import DATASETS
@@ -35,9 +34,9 @@ def stage_names(params: Params) -> list[str]:
 
 
 def _flow_run_id() -> str:
-    ctx = get_run_context()
-    run = getattr(ctx, "flow_run", None) or getattr(getattr(ctx, "task_run", None), "flow_run", None)
-    return str(getattr(run, "id", "")) if run is not None else ""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "")
 
 
 def _run_dvc(stage: str, workdir: Path, env: dict[str, str]) -> str:

@@ -92,7 +92,7 @@ class IngestConfig(_Strict):
     pose_input: tuple[int, int] = (192, 256)
     pose_padding: float = Field(1.25, ge=1.0, le=3.0)
     shard_rows: int = Field(2048, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(256, ge=1)
     num_cpus: int | None = Field(None, ge=1)
     datasets: dict[str, DatasetIngest] = Field(default_factory=dict)
 

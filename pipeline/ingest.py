@@ -178,7 +178,12 @@ def _run_ray(items: list[Item], raw_root: str, dataset: str, ctx: dict, batch_si
         data_ctx = ray.data.DataContext.get_current()
         data_ctx.enable_progress_bars = sys.stderr.isatty()
         data_ctx.execution_options.preserve_order = True
-        n_blocks = max(1, math.ceil(len(items) / batch_size))
+        # Few, large tasks: each Ray Data task costs scheduling and (de)serialisation, so it
+        # should carry ≳ 1 s of work; but at least two per CPU so small datasets still spread
+        # over every core and a slow block does not leave a core idle at the end.
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        n_blocks = min(len(items), max(math.ceil(len(items) / batch_size), 2 * cpus))
+        batch_size = math.ceil(len(items) / n_blocks)
         ds = ray.data.from_items([_item_to_row(i) for i in items], override_num_blocks=n_blocks)
         fn = _ProcessBatch(raw_root, dataset, ctx)
         # A plain function (tasks, not actors): no per-actor start-up, and each block is
@@ -223,7 +228,7 @@ def _write_shards(table: pa.Table, folder: Path, shard_rows: int, metadata: dict
 
 
 def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, crop_margin: tuple[float, float],
-           settings: dict, engine: str = "ray") -> IngestSummary:
+           settings: dict, engine: str = "ray", limit: int | None = None) -> IngestSummary:
     """Ingest one dataset directory into Parquet.
 
     Args:
@@ -237,6 +242,7 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
             of the dataset's kind reads the keys it needs; ``error_budget``, ``shard_rows``,
             ``batch_size`` and ``num_cpus`` steer the job).
         engine: ``ray`` (Ray Data) or ``local`` (same work in a plain loop).
+        limit: ingest only the first ``limit`` listed items (smoke runs, warm-ups).
 
     Returns:
         The :class:`IngestSummary`.
@@ -250,6 +256,8 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
     kind = record_kind(spec.kind)
     raw_root, out = Path(raw_root), Path(out)
     listing = spec.list_all(raw_root)
+    if limit is not None:
+        listing.items, listing.rejected = listing.items[:limit], listing.rejected[:0]
     ctx = {**settings, "dataset": dataset, "seed": seed, "crop_margin": tuple(crop_margin)}
     startup = 0.0
     if not listing.items:

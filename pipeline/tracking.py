@@ -67,10 +67,15 @@ def log_parquet_dataset(name: str, folder: Path, schema: pa.Schema, dvc_hash: st
     The digest is the DVC hash of the folder, so the MLflow dataset names the exact data
     version that ``dvc.lock`` pins.
     """
+    import warnings
+
     import mlflow
-    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = LocalArtifactDatasetSource(str(Path(folder).resolve()))
+    with warnings.catch_warnings():
+        # Two registered local-file sources both claim a plain path; either is right here.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(folder).resolve()))
     dataset = MetaDataset(source=source, name=name, digest=dvc_hash, schema=arrow_to_mlflow_schema(schema))
     mlflow.log_input(dataset, context=context, tags={"dvc.md5": dvc_hash})

@@ -60,7 +60,7 @@ def test_flow_through_dvc_shares_the_lock_with_dvc_repro(harness, tmp_path, monk
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["hpe"], output_format="list")
     ingests = [r for r in runs if r.data.tags.get("stage") == "ingest"]
-    assert len(ingests) == 4  # not logged again by the skipped second run
+    assert len(ingests) == 6  # not logged again by the skipped second run
     first_run_id = str(state.state_details.flow_run_id)
     assert {r.data.tags["prefect.flow_run_id"] for r in ingests} == {first_run_id}
     assert flow_run_id  # the second run's id is recorded for the summary
