@@ -49,8 +49,9 @@ def _raw(name: str, args: argparse.Namespace, seed: int) -> Path:
         from pipeline.datasets.coco import write_synthetic
 
         n = args.coco_images
-        return _cached(name, f"{n}_seed{seed}",
-                       lambda r: write_synthetic(r, n_train_images=n, n_val_images=n // 4, seed=seed))
+        return _cached(
+            name, f"{n}_seed{seed}", lambda r: write_synthetic(r, n_train_images=n, n_val_images=n // 4, seed=seed)
+        )
     raise SystemExit(f"unknown dataset {name}")
 
 
@@ -79,8 +80,15 @@ def main() -> None:
             margin = params.ingest.dataset(name).crop_margin
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                s = ingest(name, raws[name], Path(tmp) / f"{name}-{engine}", seed=params.seed, crop_margin=margin,
-                           settings=settings, engine=engine)
+                s = ingest(
+                    name,
+                    raws[name],
+                    Path(tmp) / f"{name}-{engine}",
+                    seed=params.seed,
+                    crop_margin=margin,
+                    settings=settings,
+                    engine=engine,
+                )
                 best, kept = min(best, time.perf_counter() - t0), s.kept
             return best, kept
 
@@ -99,8 +107,16 @@ def main() -> None:
             # internal actors and imports its modules in the workers (start-up, not throughput).
             for n in names:
                 small = Path(tmp) / f"{n}-small"
-                ingest(n, raws[n], small, seed=params.seed, crop_margin=params.ingest.dataset(n).crop_margin,
-                       settings=settings, engine="ray", limit=16)
+                ingest(
+                    n,
+                    raws[n],
+                    small,
+                    seed=params.seed,
+                    crop_margin=params.ingest.dataset(n).crop_margin,
+                    settings=settings,
+                    engine="ray",
+                    limit=16,
+                )
             warm = time.perf_counter() - t0
             cpus = ray.cluster_resources().get("CPU", 0)
             orchestrated = {n: run(n, "ray") for n in names}
@@ -108,9 +124,17 @@ def main() -> None:
     for n in names:
         (tp, kept), (tr, _) = plain[n], orchestrated[n]
         unit = "samples" if n == "300w_lp" else "person crops"
-        rep = {"dataset": n, "records": kept, "unit": unit, "cpus": os.cpu_count(), "ray_cpus": cpus,
-               "plain_loop_per_s": round(kept / tp, 1), "ray_data_per_s": round(kept / tr, 1),
-               "ratio_ray_over_plain": round(tp / tr, 2), "ray_startup_s": round(startup + warm, 2)}
+        rep = {
+            "dataset": n,
+            "records": kept,
+            "unit": unit,
+            "cpus": os.cpu_count(),
+            "ray_cpus": cpus,
+            "plain_loop_per_s": round(kept / tp, 1),
+            "ray_data_per_s": round(kept / tr, 1),
+            "ratio_ray_over_plain": round(tp / tr, 2),
+            "ray_startup_s": round(startup + warm, 2),
+        }
         reports.append(rep)
         print(f"{n}: {kept} {unit}")
         print(f"  plain loop : {rep['plain_loop_per_s']:8.1f} /s  ({tp:.1f} s)")

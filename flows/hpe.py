@@ -18,10 +18,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipeline import layout
-from pipeline.datasets import DATASETS
+from pipeline.atomic import write_json_atomic
 from pipeline.config import Params, load_params
+from pipeline.datasets import DATASETS
 from pipeline.monitor import measure
-from pipeline.stages import write_json_atomic
 from pipeline.tracking import FLOW_RUN_ENV
 
 
@@ -98,20 +98,26 @@ def run_stage(stage: str, params_path: str, workdir: str) -> dict:
 
 def ingest_markdown(workdir: Path, params: Params) -> str:
     """Markdown table of the ingest counts and the top quarantine reasons per dataset."""
-    lines = ["# Ingested datasets", "", "| dataset | in | kept | filtered | quarantined | bad % |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Ingested datasets",
+        "",
+        "| dataset | in | kept | filtered | quarantined | bad % |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     reasons = []
     for name in params.ingest.datasets:
         path = workdir / layout.ingest_metrics(name)
         if not path.exists():
             continue
         m = json.loads(path.read_text())
-        lines.append(f"| {name} | {m['counts_in']} | {m['kept']} | {m['filtered']} | {m['quarantined']} | "
-                     f"{100 * m['bad_fraction']:.2f} |")
+        lines.append(
+            f"| {name} | {m['counts_in']} | {m['kept']} | {m['filtered']} | {m['quarantined']} | "
+            f"{100 * m['bad_fraction']:.2f} |"
+        )
         for reason, n in list(m["quarantine_reasons"].items())[:5]:
             reasons.append(f"| {name} | {n} | {reason} |")
     lines += ["", "## Quarantine (top reasons)", ""]
-    lines += (["| dataset | records | reason |", "|---|---:|---|", *reasons] if reasons else ["Nothing quarantined."])
+    lines += ["| dataset | records | reason |", "|---|---:|---|", *reasons] if reasons else ["Nothing quarantined."]
     lines += ["", f"Quarantined records: `{layout.PARQUET}/<dataset>/quarantine.parquet`."]
     return "\n".join(lines)
 
@@ -129,10 +135,21 @@ def hpe(params_path: str = "params.yaml", workdir: str = ".", stages: list[str] 
         names = [n for n in names if n in stages]
     results = [run_stage(name, params_path, str(wd)) for name in names]
 
-    create_markdown_artifact(key="ingest-summary", markdown=ingest_markdown(wd, params),
-                             description="Dataset counts and quarantine summary")
-    create_table_artifact(key="stage-timings", table=[
-        {"stage": r["stage"], "seconds": round(r["seconds"], 2), "peak_rss_mb": round(r["peak_rss_bytes"] / 2**20),
-         "skipped": r["skipped"]} for r in results], description="Wall time and peak memory per stage")
+    create_markdown_artifact(
+        key="ingest-summary", markdown=ingest_markdown(wd, params), description="Dataset counts and quarantine summary"
+    )
+    create_table_artifact(
+        key="stage-timings",
+        table=[
+            {
+                "stage": r["stage"],
+                "seconds": round(r["seconds"], 2),
+                "peak_rss_mb": round(r["peak_rss_bytes"] / 2**20),
+                "skipped": r["skipped"],
+            }
+            for r in results
+        ],
+        description="Wall time and peak memory per stage",
+    )
     write_json_atomic(wd / layout.run_summary(), {"flow_run_id": _flow_run_id(), "stages": results})
     return results

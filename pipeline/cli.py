@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,9 +32,11 @@ def _load(params_path: Path):
 
 
 @app.command()
-def synth(name: str = typer.Argument(..., help="synthetic dataset: 300w_lp, aflw2000, biwi, coco, humanart"),
-          out: Path = typer.Option(..., "--out", help="output directory (replaced)"),
-          params: Path = ParamsOpt) -> None:
+def synth(
+    name: str = typer.Argument(..., help="synthetic dataset: 300w_lp, aflw2000, biwi, coco, humanart"),
+    out: Path = typer.Option(..., "--out", help="output directory (replaced)"),
+    params: Path = ParamsOpt,
+) -> None:
     """Write a synthetic dataset in its real on-disk layout."""
     from pipeline import stages
 
@@ -48,13 +49,14 @@ def synth(name: str = typer.Argument(..., help="synthetic dataset: 300w_lp, aflw
 
 
 @app.command()
-def ingest(name: str = typer.Argument(..., help="dataset: 300w_lp, aflw2000, biwi (auto: hpdb or npz), "
-                                               "biwi_hpdb, biwi_npz"),
-           raw_root: Path = typer.Option(..., "--raw-root", help="directory in the dataset's real layout"),
-           out: Path = typer.Option(..., "--out", help="Parquet output directory (replaced atomically)"),
-           metrics: Optional[Path] = typer.Option(None, "--metrics", help="write DVC metrics JSON here"),
-           engine: str = typer.Option("ray", "--engine", help="ray (Ray Data) or local (plain loop)"),
-           params: Path = ParamsOpt) -> None:
+def ingest(
+    name: str = typer.Argument(..., help="dataset: 300w_lp, aflw2000, biwi (auto: hpdb or npz), biwi_hpdb, biwi_npz"),
+    raw_root: Path = typer.Option(..., "--raw-root", help="directory in the dataset's real layout"),
+    out: Path = typer.Option(..., "--out", help="Parquet output directory (replaced atomically)"),
+    metrics: Path | None = typer.Option(None, "--metrics", help="write DVC metrics JSON here"),
+    engine: str = typer.Option("ray", "--engine", help="ray (Ray Data) or local (plain loop)"),
+    params: Path = ParamsOpt,
+) -> None:
     """Ingest a raw dataset directory into validated Parquet shards (+ quarantine)."""
     from pipeline import stages
     from pipeline.datasets.base import LayoutError
@@ -67,18 +69,22 @@ def ingest(name: str = typer.Argument(..., help="dataset: 300w_lp, aflw2000, biw
         _fail(str(err))
     except KeyError as err:
         _fail(str(err).strip("'\""))
-    brief = {k: summary[k] for k in ("dataset", "counts_in", "kept", "filtered", "quarantined", "kept_by_split",
-                                     "seconds", "dvc_md5")}
+    brief = {
+        k: summary[k]
+        for k in ("dataset", "counts_in", "kept", "filtered", "quarantined", "kept_by_split", "seconds", "dvc_md5")
+    }
     typer.echo(json.dumps(brief, indent=2))
     if summary["quarantined"]:
         typer.echo(f"quarantined records: {Path(out) / 'quarantine.parquet'}", err=True)
 
 
 @app.command("ground-truth")
-def ground_truth(name: str = typer.Argument(..., help="keypoint dataset: coco, humanart"),
-                 raw_root: Path = typer.Option(..., "--raw-root", help="directory in the dataset's real layout"),
-                 out: Path = typer.Option(..., "--out", help="output directory for the COCO GT JSONs"),
-                 params: Path = ParamsOpt) -> None:
+def ground_truth(
+    name: str = typer.Argument(..., help="keypoint dataset: coco, humanart"),
+    raw_root: Path = typer.Option(..., "--raw-root", help="directory in the dataset's real layout"),
+    out: Path = typer.Option(..., "--out", help="output directory for the COCO GT JSONs"),
+    params: Path = ParamsOpt,
+) -> None:
     """Write COCO-format evaluation ground truth (all, per domain, per scene) for the val split."""
     from pipeline import stages
     from pipeline.datasets.base import LayoutError

@@ -102,9 +102,7 @@ class IngestConfig(_Strict):
 
         for name in self.datasets:
             if name not in DATASETS:
-                raise ValueError(
-                    f"unknown dataset {name!r} under datasets; valid: {', '.join(sorted(DATASETS))}"
-                )
+                raise ValueError(f"unknown dataset {name!r} under datasets; valid: {', '.join(sorted(DATASETS))}")
         return self
 
     def dataset(self, name: str) -> DatasetIngest:
@@ -113,8 +111,7 @@ class IngestConfig(_Strict):
             return self.datasets[name]
         except KeyError:
             raise ConfigError(
-                f"params.yaml: ingest.datasets.{name} is not configured; "
-                f"configured: {', '.join(sorted(self.datasets))}"
+                f"params.yaml: ingest.datasets.{name} is not configured; configured: {', '.join(sorted(self.datasets))}"
             ) from None
 
 

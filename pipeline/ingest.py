@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
 import time
 import traceback
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.atomic import atomic_dir
 from pipeline.datasets import DatasetSpec, get_dataset
 from pipeline.datasets.base import BadRecord, Item, Rejected
 
@@ -131,8 +129,17 @@ def process_items(items: list[Item], raw_root: str, dataset: str, ctx: dict) -> 
     rows: list[dict[str, Any]] = []
 
     def bad(sid: str, split: str, file: str, fld: str, reason: str, units: int) -> None:
-        rows.append({"source_id": sid, "split": split, "_status": "quarantined", "_q_file": file,
-                     "_q_field": fld, "_q_reason": reason, "_q_units": units})
+        rows.append(
+            {
+                "source_id": sid,
+                "split": split,
+                "_status": "quarantined",
+                "_q_file": file,
+                "_q_field": fld,
+                "_q_reason": reason,
+                "_q_units": units,
+            }
+        )
 
     for item in items:
         try:
@@ -149,8 +156,9 @@ def process_items(items: list[Item], raw_root: str, dataset: str, ctx: dict) -> 
         for row in outcome.rows:
             rows.append({**row, "_status": "kept", "_q_units": 1})
         for sid, reason in outcome.filtered:
-            rows.append({"source_id": sid, "split": item.split, "_status": "filtered", "_q_reason": reason,
-                         "_q_units": 1})
+            rows.append(
+                {"source_id": sid, "split": item.split, "_status": "filtered", "_q_reason": reason, "_q_units": 1}
+            )
         for sid, file, fld, reason, units in outcome.quarantined:
             bad(sid, item.split, file, fld, reason, units)
     schema = pa.schema(list(kind.SCHEMA) + OUTCOME_FIELDS)
@@ -168,8 +176,9 @@ class _ProcessBatch:
         return process_items(items, self.raw_root, self.dataset, self.ctx)
 
 
-def _run_ray(items: list[Item], raw_root: str, dataset: str, ctx: dict, batch_size: int,
-             num_cpus: int | None) -> tuple[list[pa.Table], float]:
+def _run_ray(
+    items: list[Item], raw_root: str, dataset: str, ctx: dict, batch_size: int, num_cpus: int | None
+) -> tuple[list[pa.Table], float]:
     import ray.data
 
     from pipeline.raycluster import ray_session
@@ -194,27 +203,10 @@ def _run_ray(items: list[Item], raw_root: str, dataset: str, ctx: dict, batch_si
 
 
 def _run_local(items: list[Item], raw_root: str, dataset: str, ctx: dict, batch_size: int) -> list[pa.Table]:
-    return [process_items(items[i:i + batch_size], raw_root, dataset, ctx) for i in range(0, len(items), batch_size)]
+    return [process_items(items[i : i + batch_size], raw_root, dataset, ctx) for i in range(0, len(items), batch_size)]
 
 
 # ---------------------------------------------------------------- driver side
-def _atomic_dir(out: Path) -> Path:
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` with renames, so readers never see a half-written folder."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_shards(table: pa.Table, folder: Path, shard_rows: int, metadata: dict[bytes, bytes]) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -227,8 +219,17 @@ def _write_shards(table: pa.Table, folder: Path, shard_rows: int, metadata: dict
     return paths
 
 
-def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, crop_margin: tuple[float, float],
-           settings: dict, engine: str = "ray", limit: int | None = None) -> IngestSummary:
+def ingest(
+    dataset: str,
+    raw_root: str | Path,
+    out: str | Path,
+    *,
+    seed: int,
+    crop_margin: tuple[float, float],
+    settings: dict,
+    engine: str = "ray",
+    limit: int | None = None,
+) -> IngestSummary:
     """Ingest one dataset directory into Parquet.
 
     Args:
@@ -263,8 +264,9 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
     if not listing.items:
         tables = []
     elif engine == "ray":
-        tables, startup = _run_ray(listing.items, str(raw_root), dataset, ctx, settings["batch_size"],
-                                   settings.get("num_cpus"))
+        tables, startup = _run_ray(
+            listing.items, str(raw_root), dataset, ctx, settings["batch_size"], settings.get("num_cpus")
+        )
     elif engine == "local":
         tables = _run_local(listing.items, str(raw_root), dataset, ctx, settings["batch_size"])
     else:
@@ -296,10 +298,14 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
     n_quar = sum(quarantine.column("units").to_pylist())
     n_filt = filtered.num_rows
     if counts_in != kept.num_rows + n_filt + n_quar:  # an invariant, not user input: a bug if it fails
-        raise AssertionError(f"{dataset}: {counts_in} in != {kept.num_rows} kept + {n_filt} filtered + {n_quar} quarantined")
+        raise AssertionError(
+            f"{dataset}: {counts_in} in != {kept.num_rows} kept + {n_filt} filtered + {n_quar} quarantined"
+        )
     bad_fraction = n_quar / counts_in if counts_in else 0.0
-    q_reasons = Counter(f"{f}: {r}" if len(r) < 80 else f"{f}: {r[:77]}..." for f, r in
-                        zip(quarantine.column("field").to_pylist(), quarantine.column("reason").to_pylist()))
+    q_reasons = Counter(
+        f"{f}: {r}" if len(r) < 80 else f"{f}: {r[:77]}..."
+        for f, r in zip(quarantine.column("field").to_pylist(), quarantine.column("reason").to_pylist(), strict=True)
+    )
     if counts_in == 0:
         raise IngestError(f"{raw_root}: no {dataset} samples found")
     if bad_fraction > settings["error_budget"]:
@@ -317,18 +323,15 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
         b"hpe.schema_version": kind.SCHEMA_VERSION.encode(),
         b"hpe.dataset": dataset.encode(),
     }
-    tmp = _atomic_dir(out)
-    try:
-        shards: list[Path] = []
+    shards: list[Path] = []
+    with atomic_dir(out) as tmp:
         for split in sorted(set(kept.column("split").to_pylist())):
             part = kept.filter(pc.equal(kept.column("split"), split))
-            shards += _write_shards(part, tmp / split, settings["shard_rows"], metadata)
+            shards += [
+                out / p.relative_to(tmp) for p in _write_shards(part, tmp / split, settings["shard_rows"], metadata)
+            ]
         pq.write_table(quarantine.replace_schema_metadata(metadata), tmp / "quarantine.parquet")
         pq.write_table(filtered.replace_schema_metadata(metadata), tmp / "filtered.parquet")
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     return IngestSummary(
         dataset=dataset,
@@ -345,14 +348,23 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, *, seed: int, cr
         bad_fraction=bad_fraction,
         seconds=time.perf_counter() - t0,
         ray_startup_seconds=startup,
-        shards=[str(out / p.relative_to(tmp)) for p in shards],
+        shards=[str(p) for p in shards],
     )
 
 
 def _listing_rejects(rejected: list[Rejected]) -> pa.Table:
     return pa.Table.from_pylist(
-        [{"source_id": r.source_id, "split": r.split, "file": r.file, "field": r.field, "reason": r.reason,
-          "units": r.units} for r in rejected],
+        [
+            {
+                "source_id": r.source_id,
+                "split": r.split,
+                "file": r.file,
+                "field": r.field,
+                "reason": r.reason,
+                "units": r.units,
+            }
+            for r in rejected
+        ],
         schema=QUARANTINE_SCHEMA,
     )
 

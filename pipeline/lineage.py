@@ -28,11 +28,7 @@ def dvc_md5(path: str | Path) -> str:
     path = Path(path)
     if path.is_file():
         return file_md5(path)
-    entries = [
-        {"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()}
-        for p in path.rglob("*")
-        if p.is_file()
-    ]
+    entries = [{"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()} for p in path.rglob("*") if p.is_file()]
     entries.sort(key=lambda e: e["relpath"])
     digest = hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
     return digest + ".dir"

@@ -6,24 +6,12 @@ its outputs atomically, and returns a small JSON-able summary.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
+from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.config import Params
 
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON via a temp file + rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+__all__ = ["synth", "ground_truth", "ingest_stage", "resolve_dataset_name", "write_json_atomic"]
 
 
 def synth(params: Params, name: str, out: str | Path) -> dict:
@@ -32,24 +20,12 @@ def synth(params: Params, name: str, out: str | Path) -> dict:
     Returns:
         The writer's counts.
     """
-    import shutil
-    import uuid
-
     from pipeline.datasets import get_writer
 
     writer = get_writer(name)
     settings = params.synthetic.get(name).model_dump()
-    out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         counts = writer.write(tmp, seed=params.seed, **settings)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"dataset": name, "out": str(out), **({"counts": counts} if counts is not None else {})}
 
 
@@ -61,8 +37,6 @@ def ground_truth(params: Params, name: str, raw_root: str | Path, out: str | Pat
         ``{"dataset", "out", "files": {key: path}}``.
     """
     import importlib
-    import shutil
-    import uuid
 
     from pipeline.datasets import get_dataset
     from pipeline.evaluate.coco_gt import write_ground_truth
@@ -71,17 +45,11 @@ def ground_truth(params: Params, name: str, raw_root: str | Path, out: str | Pat
     if spec.kind != "keypoints":
         raise ValueError(f"{name} is a {spec.kind} dataset; COCO ground truth exists for keypoint datasets only")
     annotation_json, images_root_rel, strip_prefix = importlib.import_module(spec.module).ground_truth_source(
-        Path(raw_root))
+        Path(raw_root)
+    )
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(out) as tmp:
         files = write_ground_truth(annotation_json, images_root_rel, tmp, name, strip_prefix=strip_prefix)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"dataset": name, "out": str(out), "files": {k: str(out / p.name) for k, p in files.items()}}
 
 
@@ -95,15 +63,21 @@ def resolve_dataset_name(name: str, raw_root: str | Path) -> str:
     return "biwi_hpdb"
 
 
-def ingest_stage(params: Params, name: str, raw_root: str | Path, out: str | Path,
-                 metrics: str | Path | None = None, engine: str = "ray") -> dict:
+def ingest_stage(
+    params: Params,
+    name: str,
+    raw_root: str | Path,
+    out: str | Path,
+    metrics: str | Path | None = None,
+    engine: str = "ray",
+) -> dict:
     """Ingest dataset ``name`` from ``raw_root`` into Parquet at ``out``; track it in MLflow.
 
     Returns:
         The ingest summary plus the DVC hash of ``out`` and the MLflow run id.
     """
-    from pipeline.ingest import ingest, record_kind
     from pipeline.datasets import get_dataset
+    from pipeline.ingest import ingest, record_kind
     from pipeline.lineage import dvc_md5
 
     name = resolve_dataset_name(name, raw_root)
@@ -111,25 +85,47 @@ def ingest_stage(params: Params, name: str, raw_root: str | Path, out: str | Pat
     ds_cfg = params.ingest.datasets.get(name)
     crop_margin = ds_cfg.crop_margin if ds_cfg is not None else (0.2, 0.2)
     settings = params.ingest.model_dump(exclude={"datasets"})
-    summary = ingest(name, raw_root, out, seed=params.seed, crop_margin=crop_margin, settings=settings,
-                     engine=engine).to_dict()
+    summary = ingest(
+        name, raw_root, out, seed=params.seed, crop_margin=crop_margin, settings=settings, engine=engine
+    ).to_dict()
     summary["dvc_md5"] = dvc_md5(out)
     if params.tracking.enabled:
-        from pipeline.tracking import log_parquet_dataset, mlflow_run
-
         import mlflow
 
+        from pipeline.tracking import log_parquet_dataset, mlflow_run
+
         with mlflow_run(params.tracking, f"ingest-{name}", tags={"stage": "ingest", "dataset": name}) as run:
-            mlflow.log_params({"dataset": name, "raw_root": str(raw_root), "seed": params.seed,
-                               "crop_margin": list(crop_margin), **settings})
-            mlflow.log_metrics({k: float(summary[k]) for k in
-                                ("counts_in", "kept", "filtered", "quarantined", "bad_fraction", "seconds")})
+            mlflow.log_params(
+                {
+                    "dataset": name,
+                    "raw_root": str(raw_root),
+                    "seed": params.seed,
+                    "crop_margin": list(crop_margin),
+                    **settings,
+                }
+            )
+            mlflow.log_metrics(
+                {
+                    k: float(summary[k])
+                    for k in ("counts_in", "kept", "filtered", "quarantined", "bad_fraction", "seconds")
+                }
+            )
             log_parquet_dataset(name, Path(out), record_kind(spec.kind).SCHEMA, summary["dvc_md5"], "ingest")
             mlflow.log_dict(summary, "ingest_summary.json")
             summary["mlflow_run_id"] = run.info.run_id
     if metrics is not None:
         # Only deterministic figures go to the DVC metrics file (same params ⇒ same metrics).
-        keys = ("dataset", "counts_in", "kept", "filtered", "quarantined", "kept_by_split", "quarantine_reasons",
-                "filter_reasons", "bad_fraction", "dvc_md5")
+        keys = (
+            "dataset",
+            "counts_in",
+            "kept",
+            "filtered",
+            "quarantined",
+            "kept_by_split",
+            "quarantine_reasons",
+            "filter_reasons",
+            "bad_fraction",
+            "dvc_md5",
+        )
         write_json_atomic(metrics, {k: summary[k] for k in keys})
     return summary

@@ -8,8 +8,8 @@ task for the ``dvc repro`` subprocess) → the MLflow run that logged it.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,12 @@ def _mlflow_type(t: pa.DataType) -> Any:
     if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
         return Array(_mlflow_type(t.value_type))
     table = {
-        pa.string(): DataType.string, pa.bool_(): DataType.boolean, pa.float64(): DataType.double,
-        pa.float32(): DataType.float, pa.int32(): DataType.integer, pa.int64(): DataType.long,
+        pa.string(): DataType.string,
+        pa.bool_(): DataType.boolean,
+        pa.float64(): DataType.double,
+        pa.float32(): DataType.float,
+        pa.int32(): DataType.integer,
+        pa.int64(): DataType.long,
         pa.binary(): DataType.binary,
     }
     return table.get(t, DataType.string)

@@ -7,8 +7,9 @@ and config validation stay fast; adding a dataset is one module + one entry + on
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("biwi_hpdb", "headpose", f"{_HP}.biwi", "list_items_hpdb", "load_item_hpdb", "biwi"),
         DatasetSpec("biwi_npz", "headpose", f"{_HP}.biwi", "list_items_npz", "load_item_npz", "biwi"),
         DatasetSpec("coco", "keypoints", f"{_HP}.coco", "list_items", "load_item", "coco", ("train", "val")),
-        DatasetSpec("humanart", "keypoints", f"{_HP}.humanart", "list_items", "load_item", "humanart",
-                    ("train", "val")),
+        DatasetSpec(
+            "humanart", "keypoints", f"{_HP}.humanart", "list_items", "load_item", "humanart", ("train", "val")
+        ),
     )
 }
 

@@ -133,8 +133,14 @@ def build(sample: HeadPoseSample, item: Item, ctx: dict) -> Outcome:
     inside = box_inside_fraction(box, width, height)
     if inside < ctx["min_box_inside"]:
         out.quarantined.append(
-            (sid, sid, "face_box", f"only {inside:.0%} of the face box {tuple(round(v, 1) for v in box)} "
-             f"lies inside the {width}×{height} image", 1)
+            (
+                sid,
+                sid,
+                "face_box",
+                f"only {inside:.0%} of the face box {tuple(round(v, 1) for v in box)} "
+                f"lies inside the {width}×{height} image",
+                1,
+            )
         )
         return out
 

@@ -67,7 +67,9 @@ SCHEMA = pa.schema(
 )
 
 
-def topdown_box(bbox: tuple[float, float, float, float], aspect: float, padding: float) -> tuple[float, float, float, float]:
+def topdown_box(
+    bbox: tuple[float, float, float, float], aspect: float, padding: float
+) -> tuple[float, float, float, float]:
     """ViTPose crop box ``(x0, y0, x1, y1)`` for a COCO ``[x, y, w, h]`` box.
 
     Args:
@@ -96,7 +98,9 @@ def to_crop(keypoints: np.ndarray, crop_box: tuple[float, float, float, float], 
     return out
 
 
-def from_crop(keypoints_crop: np.ndarray, crop_box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+def from_crop(
+    keypoints_crop: np.ndarray, crop_box: tuple[float, float, float, float], size: tuple[int, int]
+) -> np.ndarray:
     """Inverse of :func:`to_crop` for the x, y columns (predictions back to image pixels)."""
     x0, y0, x1, y1 = crop_box
     out = np.array(keypoints_crop, dtype=np.float64, copy=True)

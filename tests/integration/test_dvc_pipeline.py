@@ -37,8 +37,14 @@ def repo(tmp_path_factory):
 def test_repro_runs_every_stage_and_writes_parquet(repo):
     path, out = repo
     assert _ran(out) == set(stage_names(parse_params(tiny_params_dict())))
-    for name, n in (("300w_lp", 24), ("aflw2000", 40), ("biwi_hpdb", 8), ("biwi_npz", 8), ("coco", None),
-                    ("humanart", None)):
+    for name, n in (
+        ("300w_lp", 24),
+        ("aflw2000", 40),
+        ("biwi_hpdb", 8),
+        ("biwi_npz", 8),
+        ("coco", None),
+        ("humanart", None),
+    ):
         m = json.loads((path / "metrics" / "ingest" / f"{name}.json").read_text())
         assert m["counts_in"] == n or n is None
         assert m["counts_in"] == m["kept"] + m["filtered"] + m["quarantined"] > 0

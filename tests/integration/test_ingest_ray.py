@@ -25,8 +25,15 @@ def test_ray_and_local_engines_write_identical_bytes(ray_local, synthetic_raw, t
     settings = {**params.ingest.model_dump(exclude={"datasets"}), "batch_size": 4}
     outs = {}
     for engine in ("local", "ray"):
-        outs[engine] = ingest("300w_lp", synthetic_raw / "300w_lp", tmp_path / engine, seed=0,
-                              crop_margin=(0.2, 0.4), settings=settings, engine=engine)
+        outs[engine] = ingest(
+            "300w_lp",
+            synthetic_raw / "300w_lp",
+            tmp_path / engine,
+            seed=0,
+            crop_margin=(0.2, 0.4),
+            settings=settings,
+            engine=engine,
+        )
     assert outs["ray"].kept == outs["local"].kept == 24
     files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.parquet"))
     assert len(files) >= 3
@@ -38,8 +45,9 @@ def test_ingest_stage_logs_an_mlflow_dataset(ray_local, synthetic_raw, tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("HPE_PREFECT_FLOW_RUN_ID", "flow-run-123")
     params = parse_params(tiny_params_dict())
-    summary = stages.ingest_stage(params, "biwi_npz", synthetic_raw / "biwi", tmp_path / "out",
-                                  metrics=tmp_path / "m.json")
+    summary = stages.ingest_stage(
+        params, "biwi_npz", synthetic_raw / "biwi", tmp_path / "out", metrics=tmp_path / "m.json"
+    )
     run = mlflow.get_run(summary["mlflow_run_id"])
     assert run.data.tags["prefect.flow_run_id"] == "flow-run-123"
     assert run.data.metrics["kept"] == summary["kept"] == 8

@@ -32,7 +32,10 @@ def test_shipped_params_validate():
         (lambda d: d["ingest"].update(jpeg_quality=101), "ingest.jpeg_quality"),
         (lambda d: d["ingest"]["datasets"]["aflw2000"].update(crop_margin=[0.4, 0.2]), "crop_margin"),
         (lambda d: d["ingest"]["datasets"].update(biwi_nzp={"raw_root": "x"}), "'biwi_nzp'"),
-        (lambda d: d["ingest"]["datasets"]["300w_lp"].update(raw_rot="x"), "ingest.datasets.300w_lp.raw_rot: unknown key"),
+        (
+            lambda d: d["ingest"]["datasets"]["300w_lp"].update(raw_rot="x"),
+            "ingest.datasets.300w_lp.raw_rot: unknown key",
+        ),
         (lambda d: d["tracking"].update(enabled="maybe"), "tracking.enabled"),
     ],
 )

@@ -13,10 +13,10 @@ import scipy.io
 import yaml
 
 from pipeline.config import parse_params
+from pipeline.datasets.base import LayoutError
 from pipeline.geometry import biwi_matrix_to_euler
 from pipeline.imaging import decode_jpeg
 from pipeline.ingest import IngestError, ingest, read_records
-from pipeline.datasets.base import LayoutError
 from pipeline.records.headpose import SCHEMA, expand_box
 from tests.conftest import subprocess_env, tiny_params_dict
 
@@ -27,8 +27,15 @@ SETTINGS = PARAMS.ingest.model_dump(exclude={"datasets"})
 def _ingest(name, raw, out, **overrides):
     cfg = PARAMS.ingest.dataset(name)
     settings = {**SETTINGS, **overrides.pop("settings", {})}
-    return ingest(name, raw, out, seed=PARAMS.seed, crop_margin=overrides.pop("crop_margin", cfg.crop_margin),
-                  settings=settings, engine=overrides.pop("engine", "local"))
+    return ingest(
+        name,
+        raw,
+        out,
+        seed=PARAMS.seed,
+        crop_margin=overrides.pop("crop_margin", cfg.crop_margin),
+        settings=settings,
+        engine=overrides.pop("engine", "local"),
+    )
 
 
 def _mat_truth(path: Path):
@@ -105,7 +112,8 @@ def test_biwi_hpdb_and_npz_agree(synthetic_raw, tmp_path):
         assert row["landmarks"] is None
     # Same frames, same order of writing: the npz poses are the hpdb poses.
     assert sorted(np.round(hp.column("yaw").to_numpy(), 2)) == pytest.approx(
-        sorted(np.round(npz.column("yaw").to_numpy(), 2)), abs=0.02)
+        sorted(np.round(npz.column("yaw").to_numpy(), 2)), abs=0.02
+    )
     assert set(npz.column("frame_width").to_pylist()) == {PARAMS.ingest.frame_size}
 
 
@@ -115,8 +123,22 @@ def broken_300w_lp(synthetic_raw, tmp_path) -> tuple[Path, dict[str, str]]:
     raw = tmp_path / "raw"
     shutil.copytree(synthetic_raw / "300w_lp", raw)
     stems = sorted(p.relative_to(raw).with_suffix("").as_posix() for p in raw.glob("*/*.mat"))
-    cases = dict(zip(["truncated_mat", "missing_mat", "missing_jpg", "corrupt_jpg", "nan_angle", "out_of_range",
-                      "box_outside", "truncated_jpg"], stems[::3]))
+    cases = dict(
+        zip(
+            [
+                "truncated_mat",
+                "missing_mat",
+                "missing_jpg",
+                "corrupt_jpg",
+                "nan_angle",
+                "out_of_range",
+                "box_outside",
+                "truncated_jpg",
+            ],
+            stems[::3],
+            strict=False,
+        )
+    )
     mat = raw / f"{cases['truncated_mat']}.mat"
     mat.write_bytes(mat.read_bytes()[:120])
     (raw / f"{cases['missing_mat']}.mat").unlink()
@@ -144,9 +166,14 @@ def test_every_bad_input_is_quarantined_with_file_and_field(broken_300w_lp, tmp_
     q = {r["source_id"]: r for r in pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()}
     assert set(q) == set(cases.values())
     expect = {
-        "truncated_mat": (".mat", None), "missing_mat": (".mat", None), "missing_jpg": (".jpg", None),
-        "corrupt_jpg": (".jpg", None), "truncated_jpg": (".jpg", None), "nan_angle": (".mat", "Pose_Para"),
-        "out_of_range": (None, "yaw"), "box_outside": (None, "face_box"),
+        "truncated_mat": (".mat", None),
+        "missing_mat": (".mat", None),
+        "missing_jpg": (".jpg", None),
+        "corrupt_jpg": (".jpg", None),
+        "truncated_jpg": (".jpg", None),
+        "nan_angle": (".mat", "Pose_Para"),
+        "out_of_range": (None, "yaw"),
+        "box_outside": (None, "face_box"),
     }
     for case, sid in cases.items():
         suffix, field = expect[case]
@@ -195,15 +222,29 @@ def test_cli_ingest_biwi_alias_and_clear_errors(synthetic_raw, tmp_path):
     env = subprocess_env()
 
     def hpe(*args):
-        return subprocess.run(["hpe", *args, "--params", str(tmp_path / "params.yaml")], env=env, cwd=tmp_path,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            ["hpe", *args, "--params", str(tmp_path / "params.yaml")],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
 
-    ok = hpe("ingest", "biwi", "--raw-root", str(synthetic_raw / "biwi"), "--out", str(tmp_path / "o"),
-             "--engine", "local")
+    ok = hpe(
+        "ingest", "biwi", "--raw-root", str(synthetic_raw / "biwi"), "--out", str(tmp_path / "o"), "--engine", "local"
+    )
     assert ok.returncode == 0, ok.stderr
     assert '"dataset": "biwi_hpdb"' in ok.stdout
-    ok = hpe("ingest", "biwi", "--raw-root", str(synthetic_raw / "biwi" / "BIWI_noTrack.npz"), "--out",
-             str(tmp_path / "n"), "--engine", "local")
+    ok = hpe(
+        "ingest",
+        "biwi",
+        "--raw-root",
+        str(synthetic_raw / "biwi" / "BIWI_noTrack.npz"),
+        "--out",
+        str(tmp_path / "n"),
+        "--engine",
+        "local",
+    )
     assert ok.returncode == 0 and '"dataset": "biwi_npz"' in ok.stdout, ok.stderr
     bad = hpe("ingest", "aflw2000", "--raw-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "nowhere" in bad.stderr

@@ -31,10 +31,19 @@ def _annotations(path):
     return doc, {a["id"]: a for a in doc["annotations"]}
 
 
-@pytest.mark.parametrize("name, files", [
-    ("coco", {"train": "annotations/person_keypoints_train2017.json", "val": "annotations/person_keypoints_val2017.json"}),
-    ("humanart", {"train": "annotations/training_humanart.json", "val": "annotations/validation_humanart.json"}),
-])
+@pytest.mark.parametrize(
+    "name, files",
+    [
+        (
+            "coco",
+            {
+                "train": "annotations/person_keypoints_train2017.json",
+                "val": "annotations/person_keypoints_val2017.json",
+            },
+        ),
+        ("humanart", {"train": "annotations/training_humanart.json", "val": "annotations/validation_humanart.json"}),
+    ],
+)
 def test_keypoints_round_trip(keypoint_raw, tmp_path, name, files):
     raw = keypoint_raw / name
     summary = _ingest(name, raw, tmp_path / "out")
@@ -78,14 +87,14 @@ def test_bad_keypoint_input_is_quarantined(keypoint_raw, tmp_path):
     path = raw / "annotations" / "person_keypoints_val2017.json"
     doc = json.loads(path.read_text())
     anns = [a for a in doc["annotations"] if not a["iscrowd"]]
-    anns[0]["keypoints"] = anns[0]["keypoints"][:-3]            # wrong length
-    anns[1]["keypoints"][0] = float("nan")                      # NaN (written as NaN by json)
-    anns[2]["image_id"] = 987654321                             # points to no image
-    anns[3]["bbox"] = [10_000, 10_000, 20, 20]                  # outside the image
+    anns[0]["keypoints"] = anns[0]["keypoints"][:-3]  # wrong length
+    anns[1]["keypoints"][0] = float("nan")  # NaN (written as NaN by json)
+    anns[2]["image_id"] = 987654321  # points to no image
+    anns[3]["bbox"] = [10_000, 10_000, 20, 20]  # outside the image
     path.write_text(json.dumps(doc))
     victim = next(i for i in doc["images"] if i["id"] not in {a["image_id"] for a in anns[:4]})
     n_victim = sum(a["image_id"] == victim["id"] for a in doc["annotations"])
-    (raw / "val2017" / victim["file_name"]).unlink()           # missing image file
+    (raw / "val2017" / victim["file_name"]).unlink()  # missing image file
 
     summary = _ingest("coco", raw, tmp_path / "out", error_budget=1.0)
     assert summary.counts_in == summary.kept + summary.filtered + summary.quarantined
@@ -106,9 +115,24 @@ def test_unparsable_json_is_a_clear_cli_error(keypoint_raw, tmp_path):
     params = tiny_params_dict()
     params["tracking"]["enabled"] = False
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run(["hpe", "ingest", "coco", "--raw-root", str(raw), "--out", str(tmp_path / "o"), "--engine",
-                           "local", "--params", str(tmp_path / "params.yaml")], env=subprocess_env(),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            "hpe",
+            "ingest",
+            "coco",
+            "--raw-root",
+            str(raw),
+            "--out",
+            str(tmp_path / "o"),
+            "--engine",
+            "local",
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "person_keypoints_train2017.json" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -116,18 +140,51 @@ def test_unparsable_json_is_a_clear_cli_error(keypoint_raw, tmp_path):
 def test_ground_truth_stage_cli(keypoint_raw, tmp_path):
     params = tiny_params_dict()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run(["hpe", "ground-truth", "humanart", "--raw-root", str(keypoint_raw / "humanart"), "--out",
-                           str(tmp_path / "gt"), "--params", str(tmp_path / "params.yaml")], env=subprocess_env(),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            "hpe",
+            "ground-truth",
+            "humanart",
+            "--raw-root",
+            str(keypoint_raw / "humanart"),
+            "--out",
+            str(tmp_path / "gt"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     files = json.loads(proc.stdout)["files"]
-    assert "all" in files and "domain/2D_virtual_human" in files and len([k for k in files if k.startswith("scene/")]) == 20
+    assert (
+        "all" in files
+        and "domain/2D_virtual_human" in files
+        and len([k for k in files if k.startswith("scene/")]) == 20
+    )
+    import contextlib
+    import io
+
     from pycocotools.coco import COCO
-    import contextlib, io
+
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(files["all"])
     assert len(gt.getImgIds()) == 20
-    bad = subprocess.run(["hpe", "ground-truth", "aflw2000", "--raw-root", str(tmp_path), "--out", str(tmp_path / "x"),
-                          "--params", str(tmp_path / "params.yaml")], env=subprocess_env(), capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        [
+            "hpe",
+            "ground-truth",
+            "aflw2000",
+            "--raw-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "x"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "keypoint datasets only" in bad.stderr
