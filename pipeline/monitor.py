@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +18,29 @@ class Usage:
     peak_rss_bytes: int = 0
 
 
+def _ray_workers() -> list[psutil.Process]:
+    """Worker processes of a Ray cluster joined through ``RAY_ADDRESS`` (not our children)."""
+    out = []
+    for p in psutil.process_iter(["name"]):
+        if (p.info.get("name") or "").startswith("ray::"):
+            out.append(p)
+    return out
+
+
 def tree_rss(root: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
+    """Resident memory of a process and all its descendants, in bytes.
+
+    With a shared Ray cluster on this machine (``RAY_ADDRESS``), the Ray workers doing the
+    stage's work are not descendants; they are counted too.
+    """
     total = 0
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0
+    if os.environ.get("RAY_ADDRESS"):
+        seen = {p.pid for p in procs}
+        procs += [p for p in _ray_workers() if p.pid not in seen]
     for p in procs:
         try:
             total += p.memory_info().rss
