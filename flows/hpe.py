@@ -30,7 +30,8 @@ def stage_names(params: Params) -> list[str]:
     synth = [f"synth@{name}" for name, cfg in params.synthetic.model_dump(by_alias=True).items() if cfg is not None]
     ingest = [f"ingest@{name}" for name in params.ingest.datasets]
     gt = [f"ground_truth@{name}" for name in params.ingest.datasets if DATASETS[name].kind == "keypoints"]
-    return synth + ingest + gt
+    vlm = ["pretrain_base", *(f"train_lora@{name}" for name in params.lora.adapters)]
+    return synth + ingest + gt + vlm
 
 
 def _flow_run_id() -> str:
@@ -59,7 +60,9 @@ def _run_dvc(stage: str, workdir: Path, env: dict[str, str]) -> str:
 def _run_direct(stage: str, params: Params, workdir: Path) -> str:
     from pipeline import stages
 
-    kind, name = stage.split("@", 1)
+    from pipeline.vlm import stages as vlm_stages
+
+    kind, _, name = stage.partition("@")
     cwd = Path.cwd()
     os.chdir(workdir)
     try:
@@ -71,6 +74,11 @@ def _run_direct(stage: str, params: Params, workdir: Path) -> str:
                 stages.ingest_stage(params, name, raw_root, layout.parquet_out(name), layout.ingest_metrics(name))
             elif kind == "ground_truth":
                 stages.ground_truth(params, name, params.ingest.dataset(name).raw_root, layout.ground_truth_out(name))
+            elif kind == "pretrain_base":
+                vlm_stages.pretrain_base(params, layout.base_model(), layout.train_runs(), layout.pretrain_metrics())
+            elif kind == "train_lora":
+                vlm_stages.train_lora(params, name, layout.base_model(), layout.adapter_out(name), layout.train_runs(),
+                                      layout.lora_metrics(name))
             else:
                 raise ValueError(f"unknown stage kind {kind!r}")
     finally:

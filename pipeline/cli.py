@@ -99,6 +99,44 @@ def ground_truth(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("pretrain-base")
+def pretrain_base(out: Path = typer.Option(Path("models/base"), "--out", help="base VLM folder"),
+                  runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
+                  metrics: Optional[Path] = typer.Option(None, "--metrics", help="held-out grounding metrics"),
+                  params: Path = ParamsOpt) -> None:
+    """Train the tiny VLM on grounding (or validate and link params' real checkpoint)."""
+    from pipeline.train.ray_deepspeed import PreflightError
+    from pipeline.vlm import stages as vlm_stages
+
+    p = _load(params)
+    try:
+        summary = vlm_stages.pretrain_base(p, out, runs, metrics)
+    except (PreflightError, FileNotFoundError, PermissionError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("train-lora")
+def train_lora(name: str = typer.Argument(..., help="adapter name from params lora.adapters"),
+               base: Path = typer.Option(Path("models/base"), "--base", help="base VLM folder"),
+               out: Path = typer.Option(..., "--out", help="adapter folder (PEFT save_pretrained)"),
+               runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
+               metrics: Optional[Path] = typer.Option(None, "--metrics", help="held-out metrics JSON"),
+               params: Path = ParamsOpt) -> None:
+    """Train one LoRA adapter of the base VLM through Ray Train + DeepSpeed."""
+    from pipeline.train.ray_deepspeed import PreflightError
+    from pipeline.vlm import stages as vlm_stages
+
+    p = _load(params)
+    try:
+        summary = vlm_stages.train_lora(p, name, base, out, runs, metrics)
+    except (PreflightError, FileNotFoundError, PermissionError) as err:
+        _fail(str(err))
+    except KeyError as err:
+        _fail(str(err).strip("'\""))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOpt) -> None:
     """Validate params.yaml and exit (non-zero with the offending key on error)."""

@@ -126,6 +126,77 @@ class TrackingConfig(_Strict):
         return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
 
 
+# ---------------------------------------------------------------- VLM (HPE-CogVLM)
+def _tiny_config() -> Any:
+    from pipeline.vlm.tiny import TinyVLMConfig
+
+    return TinyVLMConfig
+
+
+def _train_config() -> Any:
+    from pipeline.train.config import TrainConfig
+
+    return TrainConfig
+
+
+class VLMConfig(_Strict):
+    """Which VLM, and the data its grounding skill is trained and checked on."""
+
+    family: str = "tiny"
+    checkpoint: Path | None = None  # a real VLM folder: pretrain_base validates and links it
+    trust_remote_code: bool = False
+    tiny: dict[str, Any] = Field(default_factory=dict)
+    grounding_data: list[str] = Field(default_factory=lambda: ["300w_lp"])
+    heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    eval_rows: int = Field(64, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str) -> str:
+        from pipeline.vlm.families import FAMILIES
+
+        if v not in FAMILIES:
+            raise ValueError(f"unknown VLM family {v!r}; valid: {', '.join(sorted(FAMILIES))}")
+        return v
+
+    @field_validator("tiny")
+    @classmethod
+    def _tiny(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _tiny_config().model_validate(v)  # unknown tiny keys fail here, named
+        return v
+
+
+class PretrainConfig(_Strict):
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _train_config().model_validate(v)
+        return v
+
+
+class AdapterConfig(_Strict):
+    rehearsal: float = Field(0.0, ge=0.0, le=1.0)  # fraction of grounding questions mixed in
+    steps: int | None = Field(None, ge=1)  # overrides lora.train.steps for this adapter
+
+
+class LoraParams(_Strict):
+    r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0.0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    adapters: dict[str, AdapterConfig] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _train_config().model_validate(v)
+        return v
+
+
 class OrchestrationConfig(_Strict):
     use_dvc: bool = True
 
@@ -135,6 +206,9 @@ class Params(_Strict):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    vlm: VLMConfig = Field(default_factory=VLMConfig)
+    pretrain_base: PretrainConfig = Field(default_factory=PretrainConfig)
+    lora: LoraParams = Field(default_factory=LoraParams)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
 

@@ -13,6 +13,28 @@ GROUND_TRUTH = Path("data/ground_truth")
 PARQUET = Path("data/parquet")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
+MODELS = Path("models")
+
+
+def base_model() -> Path:
+    return MODELS / "base"
+
+
+def adapter_out(name: str) -> Path:
+    return MODELS / "adapters" / name
+
+
+def train_runs() -> Path:
+    """Scratch folder of the training loop (checkpoints for resume); not a DVC output."""
+    return MODELS / "runs"
+
+
+def pretrain_metrics() -> Path:
+    return METRICS / "pretrain_base.json"
+
+
+def lora_metrics(name: str) -> Path:
+    return METRICS / "lora" / f"{name}.json"
 
 
 def synth_out(name: str) -> Path:

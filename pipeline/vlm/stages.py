@@ -1,0 +1,200 @@
+"""VLM stages: ``pretrain_base`` (a base VLM that grounds) and ``train_lora`` (one adapter).
+
+Both train through the one loop (:func:`pipeline.train.ray_deepspeed.train`) with a
+:class:`~pipeline.vlm.task.VLMTask`, then score grounding (and head pose for adapters) on
+held-out 300W-LP frames so that forgetting is visible as soon as an adapter exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import layout
+from pipeline.atomic import atomic_dir, write_json_atomic
+from pipeline.config import Params
+from pipeline.ingest import read_records
+from pipeline.vlm.task import VLMTask, row_fraction
+
+LINK_FILE = "checkpoint.json"  # models/base/checkpoint.json when params name a real VLM
+
+
+def grounding_rows(params: Params, parquet_root: Path = layout.PARQUET) -> tuple[pa.Table, pa.Table]:
+    """Training frames and held-out frames for the VLM (a fixed hash split by ``source_id``)."""
+    tables = [read_records(parquet_root / name, "train") for name in params.vlm.grounding_data]
+    table = pa.concat_tables(tables)
+    ids = table.column("source_id").to_pylist()
+    held = [row_fraction(params.seed, sid, "heldout") < params.vlm.heldout_fraction for sid in ids]
+    mask = pa.array(held)
+    return table.filter(pc.invert(mask)), table.filter(mask)
+
+
+def resolve_base(base_dir: Path) -> Path:
+    """The folder holding the base VLM: ``base_dir`` itself, or what its link file names."""
+    link = Path(base_dir) / LINK_FILE
+    if link.is_file():
+        return Path(json.loads(link.read_text())["path"])
+    return Path(base_dir)
+
+
+def _tracking(params: Params, stage: str, inputs: list[tuple[str, Path]]) -> dict[str, Any] | None:
+    if not params.tracking.enabled:
+        return None
+    from pipeline.tracking import lineage_tags
+
+    return {
+        "tracking_uri": params.tracking.resolved_uri(),
+        "experiment": params.tracking.experiment,
+        "tags": {**lineage_tags(), "stage": stage},
+        "datasets": [{"name": n, "path": str(p), "context": "training"} for n, p in inputs],
+    }
+
+
+def run_name(stage: str, *parts: Any) -> str:
+    """A run name that changes whenever what the run computes changes.
+
+    The loop resumes a run of the same name from its last checkpoint; keying the name on the
+    config and the input data's hash means a killed run resumes, while a changed param or new
+    data starts afresh instead of resuming a stale run.
+    """
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{stage}-{digest}"
+
+
+def _data_digest(params: Params, parquet_root: Path) -> list[str]:
+    from pipeline.lineage import dvc_md5
+
+    return [dvc_md5(parquet_root / n) for n in params.vlm.grounding_data]
+
+
+def _train_config(section: dict[str, Any], **override: Any) -> Any:
+    from pipeline.train.config import TrainConfig
+
+    return TrainConfig.model_validate({**section, **{k: v for k, v in override.items() if v is not None}})
+
+
+def _heldout_eval(params: Params, model_dir: Path, adapter_dir: Path | None, heldout: pa.Table,
+                  with_headpose: bool) -> dict[str, Any]:
+    from pipeline.evaluate.vlm_answers import evaluate_grounding, evaluate_headpose
+    from pipeline.vlm.families import get_family
+
+    family = get_family(params.vlm.family)
+    model, processor = family.load(model_dir, trust_remote_code=params.vlm.trust_remote_code)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    rows = heldout.slice(0, params.vlm.eval_rows).to_pylist()
+    out: dict[str, Any] = {"grounding": evaluate_grounding(model, processor, family, rows,
+                                                           batch_size=params.vlm.eval_batch_size)}
+    if with_headpose:
+        out["headpose"] = evaluate_headpose(model, processor, family, rows, batch_size=params.vlm.eval_batch_size)
+    return out
+
+
+def _log_eval(run_id: str | None, params: Params, metrics: dict[str, Any]) -> None:
+    if not (params.tracking.enabled and run_id):
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(params.tracking.resolved_uri())
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"heldout/{task}/{k}": float(v) for task, m in metrics.items() for k, v in m.items()
+                            if v is not None})
+
+
+def pretrain_base(params: Params, out: str | Path, runs: str | Path, metrics: str | Path | None = None,
+                  parquet_root: Path = layout.PARQUET) -> dict[str, Any]:
+    """Train the tiny VLM on grounding from scratch (or validate and link a real checkpoint).
+
+    Args:
+        params: validated params.
+        out: the base model folder (``save_pretrained``; replaced atomically).
+        runs: run folder of the training loop (checkpoints: a killed run resumes from here).
+        metrics: where to write the held-out grounding metrics (DVC metrics).
+
+    Returns:
+        Summary: training figures and held-out grounding accuracy.
+    """
+    out = Path(out)
+    if params.vlm.checkpoint is not None:
+        from pipeline.vlm.families import get_family
+
+        family = get_family(params.vlm.family)
+        family.load(params.vlm.checkpoint, trust_remote_code=params.vlm.trust_remote_code)  # validates
+        with atomic_dir(out) as tmp:
+            write_json_atomic(tmp / LINK_FILE, {"path": str(Path(params.vlm.checkpoint).resolve()),
+                                                "family": params.vlm.family})
+        summary: dict[str, Any] = {"linked": str(params.vlm.checkpoint)}
+    else:
+        from pipeline.train.ray_deepspeed import train
+
+        train_rows, _ = grounding_rows(params, parquet_root)
+        task = VLMTask(family=params.vlm.family, tiny=params.vlm.tiny, rehearsal=1.0, seed=params.seed)
+        cfg = _train_config(params.pretrain_base.train)
+        name = run_name("pretrain_base", cfg.model_dump(), params.vlm.model_dump(mode="json"), params.seed,
+                        _data_digest(params, parquet_root))
+        result = train(task, train_rows, cfg, Path(runs), run_name=name,
+                       tracking=_tracking(params, "pretrain_base",
+                                          [(n, parquet_root / n) for n in params.vlm.grounding_data]))
+        with atomic_dir(out) as tmp:
+            shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
+        summary = {"steps": result.steps, "final_loss": result.final_loss, "samples_per_s": result.samples_per_s,
+                   "mlflow_run_id": result.mlflow_run_id, "resumed_from_step": result.resumed_from_step}
+    _, heldout = grounding_rows(params, parquet_root)
+    evals = _heldout_eval(params, resolve_base(out), None, heldout, with_headpose=False)
+    _log_eval(summary.get("mlflow_run_id"), params, evals)
+    summary["heldout"] = evals
+    if metrics is not None:
+        write_json_atomic(metrics, {"heldout": evals, **({"final_loss": summary["final_loss"]}
+                                                         if "final_loss" in summary else {})})
+    return summary
+
+
+def train_lora(params: Params, name: str, base: str | Path, out: str | Path, runs: str | Path,
+               metrics: str | Path | None = None, parquet_root: Path = layout.PARQUET) -> dict[str, Any]:
+    """Train LoRA adapter ``name`` (params ``lora.adapters.<name>``) on the base VLM.
+
+    Head-pose questions on 300W-LP frames, mixed with grounding questions at the adapter's
+    rehearsal ratio; the adapter is saved with PEFT's ``save_pretrained`` (loadable with
+    ``PeftModel.from_pretrained``).
+    """
+    from pipeline.train.ray_deepspeed import train
+
+    try:
+        adapter = params.lora.adapters[name]
+    except KeyError:
+        raise KeyError(f"lora.adapters.{name} is not configured; configured: "
+                       f"{', '.join(sorted(params.lora.adapters))}") from None
+    base_dir = resolve_base(Path(base))
+    lora = {"r": params.lora.r, "lora_alpha": params.lora.lora_alpha, "lora_dropout": params.lora.lora_dropout,
+            "target_modules": params.lora.target_modules}
+    task = VLMTask(family=params.vlm.family, model_dir=str(base_dir), lora=lora, rehearsal=adapter.rehearsal,
+                   seed=params.seed, trust_remote_code=params.vlm.trust_remote_code)
+    train_rows, heldout = grounding_rows(params, parquet_root)
+    cfg = _train_config(params.lora.train, steps=adapter.steps)
+    from pipeline.lineage import dvc_md5
+
+    rname = run_name(f"lora-{name}", cfg.model_dump(), lora, adapter.model_dump(), params.seed,
+                     _data_digest(params, parquet_root), dvc_md5(base_dir))
+    result = train(task, train_rows, cfg, Path(runs), run_name=rname,
+                   tracking=_tracking(params, f"train_lora@{name}",
+                                      [(n, parquet_root / n) for n in params.vlm.grounding_data]))
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
+    evals = _heldout_eval(params, base_dir, out, heldout, with_headpose=True)
+    _log_eval(result.mlflow_run_id, params, evals)
+    summary = {"adapter": name, "rehearsal": adapter.rehearsal, "steps": result.steps,
+               "final_loss": result.final_loss, "samples_per_s": result.samples_per_s,
+               "mlflow_run_id": result.mlflow_run_id, "heldout": evals}
+    if metrics is not None:
+        write_json_atomic(metrics, {"adapter": name, "rehearsal": adapter.rehearsal, "final_loss": result.final_loss,
+                                    "heldout": evals})
+    return summary

@@ -1,0 +1,153 @@
+"""The VLM's plug-in for the one training loop: grounding pre-training and LoRA fine-tuning.
+
+One small picklable object (:class:`VLMTask`) serves both stages:
+
+* ``pretrain_base`` — ``model_dir=None``: build the tiny VLM from its config (random init)
+  and train every weight on grounding questions;
+* ``train_lora`` — ``model_dir`` = the base model, ``lora`` set: PEFT LoRA on the target
+  modules, the base frozen, on head-pose questions mixed with grounding questions at the
+  adapter's *rehearsal* ratio (the paper's lever against forgetting grounding).
+
+Which question a row becomes is a pure function of ``(seed, source_id)``, so a resumed run
+sees the very same examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.vlm.examples import collate, grounding_example, headpose_example
+from pipeline.vlm.families import get_family
+
+REQUIRED_COLUMNS = ("source_id", "frame_jpeg", "frame_width", "frame_height", "head_box", "yaw", "pitch", "roll")
+
+
+def row_fraction(seed: int, source_id: str, salt: str = "") -> float:
+    """A uniform number in [0, 1) fixed by (seed, source_id): deterministic row-level choices."""
+    digest = hashlib.sha256(f"{seed}:{salt}:{source_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+@dataclass
+class VLMTask:
+    """Training task of a VLM (see module docstring).
+
+    Attributes:
+        family: VLM family name (``tiny``, ``qwen2_vl``, ``cogvlm``).
+        model_dir: base model folder; ``None`` builds the tiny VLM from ``tiny``.
+        tiny: :class:`~pipeline.vlm.tiny.TinyVLMConfig` fields when building from scratch.
+        lora: ``{"r", "lora_alpha", "lora_dropout", "target_modules"}`` to train a LoRA adapter.
+        rehearsal: fraction of rows asked the grounding question (the rest: head pose);
+            1.0 = grounding only.
+        seed: seed of the row-level choices.
+        trust_remote_code: passed to the family's loader (params decide).
+    """
+
+    family: str = "tiny"
+    model_dir: str | None = None
+    tiny: dict | None = None
+    lora: dict | None = None
+    rehearsal: float = 0.0
+    seed: int = 0
+    trust_remote_code: bool = False
+    required_columns: tuple[str, ...] = REQUIRED_COLUMNS
+    _processor: Any = field(default=None, repr=False, compare=False)
+
+    # The processor is rebuilt in each worker rather than pickled with the task.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_processor"] = None
+        return state
+
+    # ------------------------------------------------------------ building
+    def _load_base(self) -> tuple[Any, Any]:
+        if self.model_dir is None:
+            from pipeline.vlm.tiny import TinyVLMConfig, build_tiny_vlm
+
+            return build_tiny_vlm(TinyVLMConfig(**(self.tiny or {})))
+        return get_family(self.family).load(self.model_dir, trust_remote_code=self.trust_remote_code)
+
+    @property
+    def processor(self) -> Any:
+        if self._processor is None:
+            if self.model_dir is None:
+                from pipeline.vlm.tiny import TinyVLMConfig, build_tiny_processor
+
+                self._processor = build_tiny_processor(TinyVLMConfig(**(self.tiny or {})))
+            else:
+                _, self._processor = self._load_base()
+        return self._processor
+
+    def build_model(self) -> torch.nn.Module:
+        """The base VLM (all weights trainable) or base + LoRA (adapter trainable only)."""
+        model, processor = self._load_base()
+        self._processor = processor
+        if self.lora is None:
+            model.train()
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            r=self.lora["r"],
+            lora_alpha=self.lora["lora_alpha"],
+            lora_dropout=self.lora["lora_dropout"],
+            target_modules=list(self.lora["target_modules"]),
+            bias="none",
+        )
+        # PEFT initialises A randomly: seed it so every worker (and a resumed run) agrees.
+        torch.manual_seed(self.seed)
+        peft_model = get_peft_model(model, cfg)
+        peft_model.train()
+        return peft_model
+
+    def preflight(self) -> None:
+        """Fail in seconds: model folder and processor files, LoRA target modules present."""
+        from pipeline.train.ray_deepspeed import PreflightError
+
+        if self.model_dir is not None:
+            folder = Path(self.model_dir)
+            if not (folder / "config.json").is_file():
+                raise PreflightError(f"{folder}: not a model folder (no config.json)")
+            if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+                raise PreflightError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+        if self.lora is not None:
+            model, _ = self._load_base()
+            names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+            missing = [t for t in self.lora["target_modules"] if t not in names]
+            if missing:
+                raise PreflightError(
+                    f"LoRA target modules {missing} do not exist in the model; e.g. "
+                    f"{sorted(n for n in names if 'proj' in n)[:12]}"
+                )
+
+    # ------------------------------------------------------------ training
+    def example(self, row: dict) -> Any:
+        """The question a row becomes (grounding with probability ``rehearsal``)."""
+        family = get_family(self.family)
+        if row_fraction(self.seed, str(row["source_id"]), "task") < self.rehearsal:
+            return grounding_example(row, family)
+        return headpose_example(row, family)
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return collate([self.example(r) for r in rows], get_family(self.family), self.processor)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss
+
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """Base: ``save_pretrained`` model + processor. LoRA: the PEFT adapter only."""
+        module = getattr(model, "module", model)  # a DeepSpeed engine wraps the module
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.lora is None:
+            module.save_pretrained(out_dir, safe_serialization=True)
+            self.processor.save_pretrained(out_dir)
+        else:
+            module.save_pretrained(out_dir, safe_serialization=True)
