@@ -102,7 +102,7 @@ def ground_truth(
 @app.command("pretrain-base")
 def pretrain_base(out: Path = typer.Option(Path("models/base"), "--out", help="base VLM folder"),
                   runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
-                  metrics: Optional[Path] = typer.Option(None, "--metrics", help="held-out grounding metrics"),
+                  metrics: Path | None = typer.Option(None, "--metrics", help="held-out grounding metrics"),
                   params: Path = ParamsOpt) -> None:
     """Train the tiny VLM on grounding (or validate and link params' real checkpoint)."""
     from pipeline.train.ray_deepspeed import PreflightError
@@ -121,7 +121,7 @@ def train_lora(name: str = typer.Argument(..., help="adapter name from params lo
                base: Path = typer.Option(Path("models/base"), "--base", help="base VLM folder"),
                out: Path = typer.Option(..., "--out", help="adapter folder (PEFT save_pretrained)"),
                runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
-               metrics: Optional[Path] = typer.Option(None, "--metrics", help="held-out metrics JSON"),
+               metrics: Path | None = typer.Option(None, "--metrics", help="held-out metrics JSON"),
                params: Path = ParamsOpt) -> None:
     """Train one LoRA adapter of the base VLM through Ray Train + DeepSpeed."""
     from pipeline.train.ray_deepspeed import PreflightError
