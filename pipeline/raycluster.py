@@ -33,7 +33,9 @@ def ray_session(num_cpus: int | None = None) -> Iterator[float]:
     else:
         # The object store only has to hold a few batches of JPEGs in flight; a small store
         # keeps start-up fast and leaves memory to the workers.
-        ray.init(num_cpus=num_cpus, object_store_memory=512 * 1024**2, **common)
+        # address="local": always a new cluster of our own; a bare ray.init() would join any
+        # cluster someone started on this machine with `ray start` (and then reject num_cpus).
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=512 * 1024**2, **common)
     try:
         yield time.perf_counter() - t0
     finally:

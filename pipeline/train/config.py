@@ -14,8 +14,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # Changing these between a run and its resume would change what the resumed run computes
 # (other batches, another optimizer partitioning), so resume refuses when they differ.
 RESUME_INVARIANT_FIELDS = (
-    "micro_batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
-    "grad_clip", "zero_stage", "precision", "num_workers", "seed", "betas", "eps",
+    "micro_batch_size",
+    "grad_accum",
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "grad_clip",
+    "zero_stage",
+    "precision",
+    "num_workers",
+    "seed",
+    "betas",
+    "eps",
 )
 
 
@@ -41,16 +52,21 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 need a GPU")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each when GPUs exist)")
     cpus_per_worker: float = Field(
-        1.0, gt=0.0,
+        1.0,
+        gt=0.0,
         description="CPUs reserved per worker; leave at least one CPU of the machine to Ray Data",
     )
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept in storage")
     max_failures: int = Field(
-        0, ge=-1, description="worker failures Ray Train recovers from in-run (from the last checkpoint); -1: ∞",
+        0,
+        ge=-1,
+        description="worker failures Ray Train recovers from in-run (from the last checkpoint); -1: ∞",
     )
     seed: int = 0
-    log_every: int = Field(1, ge=1, description="steps between ray.train.report / MLflow flushes")
+    log_every: int = Field(
+        10, ge=1, description="steps between MLflow flushes and task.metrics (loss is logged every step)"
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:

@@ -33,11 +33,13 @@ def make_toy_table(n: int, dim: int = 8, *, seed: int = 0, noise: float = 0.05) 
     x = rng.normal(size=(n, dim)).astype(np.float32)
     y = (np.sin(x @ w1) @ w2 + noise * rng.normal(size=n)).astype(np.float32)
     order = rng.permutation(n)
-    return pa.table({
-        "source_id": pa.array([f"toy-{i:06d}" for i in order]),
-        "x": pa.array(list(x[order]), type=pa.list_(pa.float32())),
-        "y": pa.array(y[order], type=pa.float32()),
-    })
+    return pa.table(
+        {
+            "source_id": pa.array([f"toy-{i:06d}" for i in order]),
+            "x": pa.array(list(x[order]), type=pa.list_(pa.float32())),
+            "y": pa.array(y[order], type=pa.float32()),
+        }
+    )
 
 
 class ToyMLP(nn.Module):
