@@ -172,7 +172,7 @@ def train_lora(params: Params, name: str, base: str | Path, out: str | Path, run
     except KeyError:
         raise KeyError(f"lora.adapters.{name} is not configured; configured: "
                        f"{', '.join(sorted(params.lora.adapters))}") from None
-    base_dir = resolve_base(Path(base))
+    base_dir = resolve_base(Path(base)).resolve()  # Ray Train workers run in another cwd
     lora = {"r": params.lora.r, "lora_alpha": params.lora.lora_alpha, "lora_dropout": params.lora.lora_dropout,
             "target_modules": params.lora.target_modules}
     task = VLMTask(family=params.vlm.family, model_dir=str(base_dir), lora=lora, rehearsal=adapter.rehearsal,

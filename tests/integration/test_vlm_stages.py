@@ -51,7 +51,7 @@ def test_pretrain_then_lora(parquet, tmp_path, monkeypatch):
     m = json.loads((tmp_path / "m.json").read_text())
     assert set(m["heldout"]["grounding"]) == {"n", "acc_iou50", "mean_iou", "invalid_rate"}
 
-    lora = vlm_stages.train_lora(params, "hpe_rehearsal", tmp_path / "base", tmp_path / "adapter", tmp_path / "runs",
+    lora = vlm_stages.train_lora(params, "hpe", tmp_path / "base", tmp_path / "adapter", tmp_path / "runs",
                                  tmp_path / "l.json", parquet_root=parquet)
     assert lora["steps"] == 6
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
