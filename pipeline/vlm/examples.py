@@ -7,7 +7,8 @@ Two tasks per row (schema: ``pipeline.records.headpose``):
 * **headpose** — image: the stored frame; prompt: "what is the pose of the head at <box>?";
   answer: ``[[yaw,pitch,roll]]`` (``pipeline.vlm.prompts``).
 
-:func:`collate` builds training inputs whose ``labels`` keep only the answer tokens and the end
+:func:`random_crop` moves and rescales the head (the synthetic frames place it alike, so a
+constant box already scores acc@0.5 ≈ 0.84). :func:`collate` builds training inputs whose ``labels`` keep only the answer tokens and the end
 token; everything else (image tokens, prompt, padding) is ``-100``. Loss on the answer alone is what
 lets the tiny model leave the plateau where it ignores the image (DESIGN §6).
 """
@@ -37,12 +38,13 @@ class Example:
 
     Attributes:
         task: ``grounding`` or ``headpose``.
-        image: H×W×3 uint8 RGB, the stored frame.
+        image: H×W×3 uint8 RGB: the stored frame, or a crop of it (:func:`random_crop`).
         prompt: the question (family syntax).
         answer: the target answer string (family syntax, no end token).
-        target: the ground truth behind ``answer`` — the head box in stored-frame pixels for
+        target: the ground truth behind ``answer`` — the head box in pixels of ``image`` for
             grounding, ``(yaw, pitch, roll)`` in degrees for head pose — for scoring answers.
         source_id: the row's ``source_id``.
+        head_box: the head box named in a head-pose prompt (pixels of ``image``); ``None`` for grounding.
     """
 
     task: Task
@@ -51,6 +53,7 @@ class Example:
     answer: str
     target: tuple[float, ...]
     source_id: str
+    head_box: tuple[float, ...] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -80,6 +83,35 @@ def _frame(row: Mapping[str, Any]) -> tuple[np.ndarray, Box, str]:
     return image, box, sid
 
 
+def _grounding(image: np.ndarray, box: Box, family: VLMFamily, sid: str) -> Example:
+    height, width = image.shape[:2]
+    return Example(
+        task="grounding",
+        image=image,
+        prompt=family.grounding_prompt(),
+        answer=family.grounding_answer(box, width, height),
+        target=box,
+        source_id=sid,
+    )
+
+
+def _headpose(image: np.ndarray, box: Box, pose: tuple[float, ...], family: VLMFamily, sid: str) -> Example:
+    height, width = image.shape[:2]
+    try:
+        answer = family.headpose_answer(*pose)
+    except ValueError as err:
+        raise ValueError(f"row {sid}: {err}") from None
+    return Example(
+        task="headpose",
+        image=image,
+        prompt=family.headpose_prompt(box, width, height),
+        answer=answer,
+        target=pose,
+        source_id=sid,
+        head_box=box,
+    )
+
+
 def grounding_example(row: Mapping[str, Any], family: VLMFamily) -> Example:
     """The grounding example of a head-pose row: find the head box.
 
@@ -94,15 +126,7 @@ def grounding_example(row: Mapping[str, Any], family: VLMFamily) -> Example:
         ValueError: when a needed field is missing or inconsistent (message names it).
     """
     image, box, sid = _frame(row)
-    height, width = image.shape[:2]
-    return Example(
-        task="grounding",
-        image=image,
-        prompt=family.grounding_prompt(),
-        answer=family.grounding_answer(box, width, height),
-        target=box,
-        source_id=sid,
-    )
+    return _grounding(image, box, family, sid)
 
 
 def headpose_example(row: Mapping[str, Any], family: VLMFamily) -> Example:
@@ -120,20 +144,8 @@ def headpose_example(row: Mapping[str, Any], family: VLMFamily) -> Example:
             written in the answer format (non-finite, beyond ±180°).
     """
     image, box, sid = _frame(row)
-    height, width = image.shape[:2]
     pose = tuple(float(row[name]) for name in ("yaw", "pitch", "roll"))
-    try:
-        answer = family.headpose_answer(*pose)
-    except ValueError as err:
-        raise ValueError(f"row {sid}: {err}") from None
-    return Example(
-        task="headpose",
-        image=image,
-        prompt=family.headpose_prompt(box, width, height),
-        answer=answer,
-        target=pose,
-        source_id=sid,
-    )
+    return _headpose(image, box, pose, family, sid)
 
 
 _BUILDERS = {"grounding": grounding_example, "headpose": headpose_example}
@@ -156,6 +168,64 @@ def examples_from_rows(
     if unknown:
         raise KeyError(f"unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
     return [_BUILDERS[task](row, family) for row in rows for task in tasks]
+
+
+def crop_example(example: Example, family: VLMFamily, window: tuple[int, int, int, int]) -> Example:
+    """The same question about a crop of the image: the box is moved into the crop's pixels.
+
+    The pose of a head does not change when the frame around it is cropped, so head-pose
+    answers are kept and only the box in the prompt moves.
+
+    Args:
+        example: a grounding or head-pose example.
+        family: its family (re-writes the box).
+        window: integer ``(x0, y0, x1, y1)`` inside the image that contains the head box.
+
+    Returns:
+        A new example on ``image[y0:y1, x0:x1]``.
+
+    Raises:
+        ValueError: when the window leaves the image or does not contain the head box.
+    """
+    x0, y0, x1, y1 = window
+    height, width = example.image.shape[:2]
+    box = example.target if example.task == "grounding" else example.head_box
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"crop window {window} is not inside the {width}×{height} image")
+    if box[0] < x0 or box[1] < y0 or box[2] > x1 or box[3] > y1:
+        raise ValueError(f"crop window {window} cuts the head box {box}")
+    image = example.image[y0:y1, x0:x1]
+    moved = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+    if example.task == "grounding":
+        return _grounding(image, moved, family, example.source_id)
+    return _headpose(image, moved, example.target, family, example.source_id)
+
+
+def random_crop(example: Example, family: VLMFamily, rng: np.random.Generator, min_scale: float = 0.6) -> Example:
+    """Augmentation: a random crop of ``min_scale``–1 of each side that keeps the whole head box.
+
+    Frames of a dataset tend to place the head alike (a constant box already scores well), so
+    moving and rescaling the head makes the model read the image to answer.
+
+    Args:
+        example: a grounding or head-pose example.
+        family: its family.
+        rng: the caller's generator (seed it per row and epoch for reproducible runs).
+        min_scale: smallest crop side as a fraction of the image side (never smaller than the box).
+
+    Returns:
+        The cropped example (``crop_example``).
+    """
+    height, width = example.image.shape[:2]
+    box = example.target if example.task == "grounding" else example.head_box
+    bx0, by0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+    bx1, by1 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
+    scale = rng.uniform(min_scale, 1.0)
+    cw, ch = max(bx1 - bx0, round(width * scale)), max(by1 - by0, round(height * scale))
+    # The window's left edge may go from (box right edge − window width) to the box's left edge.
+    x0 = int(rng.integers(max(0, bx1 - cw), min(bx0, width - cw) + 1))
+    y0 = int(rng.integers(max(0, by1 - ch), min(by0, height - ch) + 1))
+    return crop_example(example, family, (x0, y0, x0 + cw, y0 + ch))
 
 
 def collate(
@@ -184,25 +254,32 @@ def collate(
     inputs = family.prompt_inputs(processor, [e.image for e in examples], [e.prompt for e in examples], "right")
     end = family.end_text(processor)
     answers = tok([e.answer + end for e in examples], add_special_tokens=False)["input_ids"]
-    rows, labels = [], []
-    for ids, mask, answer in zip(inputs["input_ids"], inputs["attention_mask"], answers, strict=True):
-        prompt = ids[mask.bool()]
-        answer = torch.tensor(answer, dtype=prompt.dtype)
-        rows.append(torch.cat([prompt, answer]))
-        labels.append(torch.cat([torch.full_like(prompt, IGNORE_INDEX), answer]))
-    longest = max(len(r) for r in rows)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    # Other per-token inputs (Qwen2-VL's ``mm_token_type_ids``) follow the ids; answer tokens are
+    # text, which every such input marks with 0.
+    per_token = [k for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and v.shape == ids.shape]
+    lengths = [int(m.sum()) + len(a) for m, a in zip(mask, answers, strict=True)]
+    longest = max(lengths)
     if max_length is not None and longest > max_length:
         raise ValueError(f"a training sequence has {longest} tokens, more than max_length={max_length}")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    batch = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    batch["input_ids"] = torch.stack([_pad(r, longest, pad_id) for r in rows])
-    batch["attention_mask"] = torch.stack([_pad(torch.ones_like(r), longest, 0) for r in rows])
-    batch["labels"] = torch.stack([_pad(lab, longest, IGNORE_INDEX) for lab in labels])
+    batch = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *per_token)}
+    batch["input_ids"] = ids.new_full((len(examples), longest), pad_id)
+    batch["attention_mask"] = torch.zeros_like(batch["input_ids"])
+    batch["labels"] = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    for key in per_token:
+        batch[key] = inputs[key].new_zeros((len(examples), longest))
+    for i, answer in enumerate(answers):
+        prompt = ids[i][mask[i]]
+        n, total = len(prompt), lengths[i]
+        answer = torch.tensor(answer, dtype=ids.dtype)
+        batch["input_ids"][i, :n] = prompt
+        batch["input_ids"][i, n:total] = answer
+        batch["attention_mask"][i, :total] = 1
+        batch["labels"][i, n:total] = answer
+        for key in per_token:
+            batch[key][i, :n] = inputs[key][i][mask[i]]
     return batch
-
-
-def _pad(row: torch.Tensor, length: int, value: int) -> torch.Tensor:
-    return torch.cat([row, row.new_full((length - len(row),), value)])
 
 
 @torch.no_grad()

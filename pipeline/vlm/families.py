@@ -13,6 +13,7 @@ Adding a family = one :class:`VLMFamily` entry in :data:`FAMILIES` + its tests.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,10 @@ class VLMFamily:
         Returns:
             The processor's ``BatchFeature`` (``input_ids``, ``attention_mask``,
             ``pixel_values`` and whatever else the family needs, e.g. ``image_grid_thw``).
+
+        Raises:
+            ValueError: when there are not as many images as prompts.
+            NotImplementedError: for a family whose inputs do not come from a processor.
         """
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
@@ -172,13 +177,38 @@ def _load_tiny(folder: Path, trust_remote_code: bool) -> tuple[Any, Any]:
     return model, processor
 
 
+@functools.cache
+def qwen2_vl_image_processor_class() -> type:
+    """``Qwen2VLProcessor`` without its video processor.
+
+    transformers' ``Qwen2VLProcessor`` cannot even be constructed without torchvision: its
+    video-processor slot is type-checked against a class that only exists with torchvision
+    installed. The pipeline sends images only, so this subclass drops the slot; it reads a real
+    checkpoint's ``tokenizer*``, ``preprocessor_config.json`` and chat template and ignores
+    ``video_preprocessor_config.json``. Built lazily so importing this module stays cheap.
+    """
+    from transformers import ProcessorMixin, Qwen2VLProcessor
+
+    class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+        video_processor = None
+
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None):
+            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return Qwen2VLImageOnlyProcessor
+
+
 def _load_qwen2_vl(folder: Path, trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
 
     model = Qwen2VLForConditionalGeneration.from_pretrained(
         folder, local_files_only=True, trust_remote_code=trust_remote_code, dtype="auto"
     )
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    processor = qwen2_vl_image_processor_class().from_pretrained(folder, local_files_only=True)
     return model, processor
 
 

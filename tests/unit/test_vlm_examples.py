@@ -1,0 +1,152 @@
+"""Parquet rows → VLM examples → training inputs (loss on the answer only) → batched answers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import parse_params
+from pipeline.imaging import encode_jpeg
+from pipeline.ingest import ingest, read_records
+from pipeline.vlm.boxes import iou
+from pipeline.vlm.examples import (
+    IGNORE_INDEX,
+    collate,
+    crop_example,
+    examples_from_rows,
+    generate_answers,
+    grounding_example,
+    random_crop,
+)
+from pipeline.vlm.families import get_family
+from pipeline.vlm.tiny import TinyVLMConfig, build_tiny_vlm
+from tests.conftest import tiny_params_dict
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+SMALL = TinyVLMConfig(hidden_size=64, intermediate_size=128, vision_hidden_size=64, vision_intermediate_size=128)
+
+
+@pytest.fixture(scope="module")
+def rows(synthetic_raw, tmp_path_factory):
+    """The tiny synthetic 300W-LP ingested into real Parquet records (24 rows)."""
+    params = parse_params(tiny_params_dict())
+    out = tmp_path_factory.mktemp("vlm_rows") / "300w_lp"
+    ingest(
+        "300w_lp",
+        synthetic_raw / "300w_lp",
+        out,
+        seed=params.seed,
+        crop_margin=params.ingest.dataset("300w_lp").crop_margin,
+        settings=params.ingest.model_dump(exclude={"datasets"}),
+        engine="local",
+    )
+    return read_records(out).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_vlm(SMALL)
+
+
+def test_examples_from_parquet_rows(rows):
+    fam = get_family("tiny")
+    examples = examples_from_rows(rows[:3], fam)
+    assert [e.task for e in examples] == ["grounding", "headpose"] * 3
+    for row, (ground, pose) in zip(rows[:3], zip(examples[::2], examples[1::2], strict=True), strict=True):
+        width, height = row["frame_width"], row["frame_height"]
+        assert ground.image.shape == (height, width, 3) and ground.size == (width, height)
+        assert ground.prompt == fam.grounding_prompt()
+        assert iou(fam.parse_grounding(ground.answer, width, height), tuple(row["head_box"])) > 0.9
+        assert pose.prompt == fam.headpose_prompt(tuple(row["head_box"]), width, height)
+        assert pose.prompt.startswith("What is the head pose of the person at [[")
+        assert fam.parse_headpose(pose.answer) == tuple(round(row[k], 1) for k in ("yaw", "pitch", "roll"))
+        assert pose.target == (row["yaw"], row["pitch"], row["roll"]) and pose.source_id == row["source_id"]
+    with pytest.raises(KeyError, match="grounding, headpose"):
+        examples_from_rows(rows[:1], fam, tasks=("caption",))
+
+
+def test_bad_rows_are_named(rows):
+    fam = get_family("tiny")
+    row = dict(rows[0])
+    with pytest.raises(ValueError, match=f"row {row['source_id']}: field 'head_box'"):
+        grounding_example({**row, "head_box": None}, fam)
+    with pytest.raises(ValueError, match="not a non-empty"):
+        grounding_example({**row, "head_box": [10.0, 10.0, 5.0, 20.0]}, fam)
+    with pytest.raises(ValueError, match="frame_width×frame_height"):
+        grounding_example({**row, "frame_jpeg": encode_jpeg(np.zeros((10, 20, 3), np.uint8), 90)}, fam)
+    with pytest.raises(ValueError, match="outside ±180"):
+        examples_from_rows([{**row, "yaw": 190.0}], fam, tasks=("headpose",))
+
+
+def test_crops_move_the_box_and_keep_the_pose(rows):
+    fam = get_family("tiny")
+    ground, pose = examples_from_rows(rows[:1], fam)
+    x0, y0, x1, y1 = ground.target
+    window = (int(x0) - 3, int(y0) - 2, int(np.ceil(x1)) + 5, int(np.ceil(y1)) + 1)
+    cropped = crop_example(ground, fam, window)
+    assert cropped.image.shape == (window[3] - window[1], window[2] - window[0], 3)
+    assert np.array_equal(cropped.image, ground.image[window[1] : window[3], window[0] : window[2]])
+    assert cropped.target == pytest.approx((x0 - window[0], y0 - window[1], x1 - window[0], y1 - window[1]))
+    assert cropped.answer == fam.grounding_answer(cropped.target, *cropped.size)
+    moved = crop_example(pose, fam, window)
+    assert moved.answer == pose.answer and moved.head_box == cropped.target
+    assert moved.prompt == fam.headpose_prompt(cropped.target, *cropped.size)
+    with pytest.raises(ValueError, match="cuts the head box"):
+        crop_example(ground, fam, (int(x0) + 2, 0, ground.size[0], ground.size[1]))
+
+    for seed in range(20):
+        for ex in (ground, pose):
+            a = random_crop(ex, fam, np.random.default_rng(seed), min_scale=0.5)
+            b = random_crop(ex, fam, np.random.default_rng(seed), min_scale=0.5)
+            assert a.prompt == b.prompt and a.answer == b.answer  # the caller's generator decides
+            box = a.target if a.task == "grounding" else a.head_box
+            w, h = a.size
+            assert 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
+            assert w >= 0.5 * ground.size[0] - 1 and h >= 0.5 * ground.size[1] - 1
+
+
+def test_collate_puts_the_loss_on_the_answer_and_end_token_only(rows, tiny):
+    model, processor = tiny
+    fam = get_family("tiny")
+    examples = examples_from_rows(rows[:2], fam)
+    batch = collate(examples, fam, processor)
+    tok = processor.tokenizer
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert batch["pixel_values"].shape == (4, 3, 64, 64)
+    for i, ex in enumerate(examples):
+        n = int(mask[i].sum())
+        prompt_text = fam.model_text(processor, ex.prompt)
+        answer = labels[i][labels[i] != IGNORE_INDEX]
+        assert tok.decode(answer) == ex.answer + "</s>"
+        # the answer is the last tokens of the row, right after the prompt; padding after it
+        assert torch.equal(ids[i, n - len(answer) : n], answer)
+        assert (labels[i, : n - len(answer)] == IGNORE_INDEX).all() and (labels[i, n:] == IGNORE_INDEX).all()
+        assert (
+            tok.decode(ids[i, : n - len(answer)]).replace("<image>" * SMALL.num_image_tokens, "<image>") == prompt_text
+        )
+        assert (ids[i, n:] == tok.pad_token_id).all()
+    assert (mask.sum(1) != mask.shape[1]).any()  # grounding and head-pose rows differ in length: padding ran
+
+    model.train()
+    loss = model(**batch).loss
+    assert torch.isfinite(loss) and loss.item() > 1.0  # untrained: far from the answers
+    with pytest.raises(ValueError, match="max_length"):
+        collate(examples, fam, processor, max_length=100)
+
+
+def test_batched_left_padded_generation_matches_one_by_one(rows, tiny):
+    model, processor = tiny
+    fam = get_family("tiny")
+    examples = examples_from_rows(rows[:2], fam)  # grounding and head-pose prompts differ in length
+    images, prompts = [e.image for e in examples], [e.prompt for e in examples]
+    batched = generate_answers(model, processor, fam, images, prompts, max_new_tokens=12)
+    single = [
+        generate_answers(model, processor, fam, [im], [p], max_new_tokens=12)[0]
+        for im, p in zip(images, prompts, strict=True)
+    ]
+    assert batched == single
+    assert all(isinstance(a, str) and "</s>" not in a and "<pad>" not in a for a in batched)
