@@ -7,20 +7,23 @@ patch 8. The model is the tiny LLaVA at width 64 (0.27 M parameters, 16 image to
 prompt is a short constant: the cost of a step grows with the sequence, and neither changes what is
 being tested (that image → answer can be learnt through this model, collate and generate).
 
-Measured on the 2-core CPU, 500 steps at batch 16, 64 held-out canvases (seeds 0–3):
+Measured on the 2-core CPU, 800 steps at batch 16, 64 held-out canvases (seeds 0–3; one torch
+thread, the machine shared with other jobs, load ≈ 4):
 
-=====  =========  ===========  =====  ==========  ==================
-seed   loss 0→    valid        acc@.5 mean IoU    mean-box baseline
-=====  =========  ===========  =====  ==========  ==================
-0      4.55→0.39  100 %        0.75   0.61        0.03
-1      4.56→0.34  100 %        0.88   0.67        0.06
-2      4.53→0.40  100 %        0.58   0.48        0.08
-3      4.49→0.38  100 %        0.72   0.58        0.08
-=====  =========  ===========  =====  ==========  ==================
+=====  =========  =====  ======  ========  ==================
+seed   loss 0→    valid  acc@.5  mean IoU  mean-box baseline
+=====  =========  =====  ======  ========  ==================
+0      4.55→0.32  100 %  0.78    0.61      0.03
+1      4.56→0.24  98 %   0.94    0.78      0.06
+2      4.53→0.27  100 %  0.80    0.66      0.08
+3      4.49→0.21  100 %  0.91    0.77      0.08
+=====  =========  =====  ======  ========  ==================
 
-≈ 14 s of training on an idle machine (0.03 s per step). Without the warm-up, seed 2 stayed on the
-plateau (acc@.5 0.05 after 400 steps); 800 steps reached 0.80–0.98. The thresholds below leave
-a wide margin under the worst seed.
+≈ 25 s of training (0.03 s per step). With two threads the same seeds gave 0.80–0.98. Shorter runs
+are not reliable: 500 steps gave 0.58–0.88 with two threads but 0.30 for seed 0 with one (the
+thread count changes the float rounding, hence the trajectory), and without the warm-up seed 2
+stayed on the plateau (acc@.5 0.05 after 400 steps). The thresholds below leave a wide margin
+under the worst seed.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pipeline.vlm.tiny import TinyVLMConfig, build_tiny_vlm
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-SIDE, STEPS, WARMUP, BATCH, LR = 32, 500, 50, 16, 2e-3
+SIDE, STEPS, WARMUP, BATCH, LR = 32, 800, 50, 16, 2e-3
 CONFIG = TinyVLMConfig(
     image_size=SIDE, hidden_size=64, intermediate_size=256, vision_hidden_size=64, vision_intermediate_size=256
 )
@@ -51,15 +54,26 @@ def _squares(rng: np.random.Generator, n: int) -> list[Example]:
     for _ in range(n):
         image = rng.integers(0, 40, (SIDE, SIDE, 3), dtype=np.uint8)
         side = int(rng.integers(int(SIDE * 0.2), int(SIDE * 0.45) + 1))
-        x, y = (int(v) for v in rng.integers(0, SIDE - side + 1, 2))
+        x, y = int(rng.integers(0, SIDE - side + 1)), int(rng.integers(0, SIDE - side + 1))
         image[y : y + side, x : x + side] = rng.integers(200, 256, 3)
         box = (float(x), float(y), float(x + side), float(y + side))
         examples.append(Example("grounding", image, "head?", family.grounding_answer(box, SIDE, SIDE), box, "toy"))
     return examples
 
 
-@pytest.mark.integration  # ~15 s of training on an idle machine, minutes under load
-def test_tiny_vlm_learns_toy_grounding():
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: this model's matmuls are too small to gain from two, and on a busy
+    2-core machine two OpenMP threads that wait on each other ran 500 steps 10–60× slower
+    (14 s idle, 175–880 s beside other jobs; one thread: 20 s beside the same jobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.integration  # ~25 s of training
+def test_tiny_vlm_learns_toy_grounding(one_thread):
     family = get_family("tiny")
     model, processor = build_tiny_vlm(CONFIG)
     rng = np.random.default_rng(0)
@@ -94,4 +108,4 @@ def test_tiny_vlm_learns_toy_grounding():
 
     assert np.mean(losses[-20:]) < 0.15 * np.mean(losses[:5]), (losses[:5], losses[-20:])
     assert valid >= 0.95, answers[:8]
-    assert accuracy >= 0.4 and accuracy > baseline + 0.3, (accuracy, baseline, answers[:8])
+    assert accuracy >= 0.5 and accuracy > baseline + 0.4, (accuracy, baseline, answers[:8])
