@@ -40,7 +40,7 @@ def _flow_run_id() -> str:
     return str(flow_run.id or "")
 
 
-def _run_dvc(stage: str, workdir: Path, env: dict[str, str]) -> str:
+def _run_dvc(stage: str, workdir: Path, env: dict[str, str]) -> dict:
     logger = get_run_logger()
     cmd = [str(Path(sys.executable).with_name("dvc")), "repro", "--single-item", stage]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -54,12 +54,11 @@ def _run_dvc(stage: str, workdir: Path, env: dict[str, str]) -> str:
         tail = "\n".join(lines[-20:])
         raise RuntimeError(f"`dvc repro --single-item {stage}` failed (exit {proc.returncode}):\n{tail}")
     skipped = any("didn't change, skipping" in ln for ln in lines)
-    return json.dumps({"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes, "skipped": skipped})
+    return {"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes, "skipped": skipped}
 
 
-def _run_direct(stage: str, params: Params, workdir: Path) -> str:
+def _run_direct(stage: str, params: Params, workdir: Path) -> dict:
     from pipeline import stages
-
     from pipeline.vlm import stages as vlm_stages
 
     kind, _, name = stage.partition("@")
@@ -83,7 +82,7 @@ def _run_direct(stage: str, params: Params, workdir: Path) -> str:
                 raise ValueError(f"unknown stage kind {kind!r}")
     finally:
         os.chdir(cwd)
-    return json.dumps({"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes, "skipped": False})
+    return {"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes, "skipped": False}
 
 
 @task(name="stage", task_run_name="{stage}", retries=0)
@@ -101,7 +100,7 @@ def run_stage(stage: str, params_path: str, workdir: str) -> dict:
     else:
         os.environ[FLOW_RUN_ENV] = _flow_run_id()
         out = _run_direct(stage, params, wd)
-    return {"stage": stage, **json.loads(out)}
+    return {"stage": stage, **out}
 
 
 def ingest_markdown(workdir: Path, params: Params) -> str:

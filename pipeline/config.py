@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -139,13 +139,31 @@ def _train_config() -> Any:
     return TrainConfig
 
 
+def _validated_by(model: Any) -> Any:
+    """A dict section that must validate as ``model()`` (a lazily imported pydantic model).
+
+    The section stays a plain dict (it is passed on as such), but unknown or mistyped keys fail
+    at load time with their dotted path.
+    """
+
+    def check(v: dict[str, Any]) -> dict[str, Any]:
+        model().model_validate(v)
+        return v
+
+    return Annotated[dict[str, Any], AfterValidator(check)]
+
+
+TinySection = _validated_by(_tiny_config)
+TrainSection = _validated_by(_train_config)
+
+
 class VLMConfig(_Strict):
     """Which VLM, and the data its grounding skill is trained and checked on."""
 
     family: str = "tiny"
     checkpoint: Path | None = None  # a real VLM folder: pretrain_base validates and links it
     trust_remote_code: bool = False
-    tiny: dict[str, Any] = Field(default_factory=dict)
+    tiny: TinySection = Field(default_factory=dict)
     grounding_data: list[str] = Field(default_factory=lambda: ["300w_lp"])
     heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     eval_rows: int = Field(64, ge=1)
@@ -160,21 +178,9 @@ class VLMConfig(_Strict):
             raise ValueError(f"unknown VLM family {v!r}; valid: {', '.join(sorted(FAMILIES))}")
         return v
 
-    @field_validator("tiny")
-    @classmethod
-    def _tiny(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _tiny_config().model_validate(v)  # unknown tiny keys fail here, named
-        return v
-
 
 class PretrainConfig(_Strict):
-    train: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("train")
-    @classmethod
-    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _train_config().model_validate(v)
-        return v
+    train: TrainSection = Field(default_factory=dict)
 
 
 class AdapterConfig(_Strict):
@@ -188,13 +194,7 @@ class LoraParams(_Strict):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     adapters: dict[str, AdapterConfig] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("train")
-    @classmethod
-    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _train_config().model_validate(v)
-        return v
+    train: TrainSection = Field(default_factory=dict)
 
 
 class OrchestrationConfig(_Strict):
