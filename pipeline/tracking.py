@@ -32,13 +32,25 @@ def lineage_tags() -> dict[str, str]:
 
 @contextmanager
 def mlflow_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """Start an MLflow run in the configured experiment, tagged with the lineage tags."""
+    """Start an MLflow run in the configured experiment, tagged with the lineage tags.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` so that child processes
+    inherit it; left behind, that export would override the next config's ``tracking_uri`` in
+    this process (``resolved_uri`` lets the variable win). The variable is restored on exit.
+    """
     import mlflow
 
-    mlflow.set_tracking_uri(cfg.resolved_uri())
-    mlflow.set_experiment(cfg.experiment)
-    with mlflow.start_run(run_name=run_name, tags={**lineage_tags(), **(tags or {})}) as run:
-        yield run
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        mlflow.set_tracking_uri(cfg.resolved_uri())
+        mlflow.set_experiment(cfg.experiment)
+        with mlflow.start_run(run_name=run_name, tags={**lineage_tags(), **(tags or {})}) as run:
+            yield run
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _mlflow_type(t: pa.DataType) -> Any:

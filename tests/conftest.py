@@ -45,6 +45,16 @@ def _quiet_services():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; keep one test's URI out of the next."""
+    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def make_project_copy(dest: Path, params: dict) -> Path:
     """A fresh git + DVC repository holding this project's DAG, code deps and ``params``."""
     dest.mkdir(parents=True, exist_ok=True)
