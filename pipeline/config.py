@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -168,6 +168,10 @@ class VLMConfig(_Strict):
     heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     eval_rows: int = Field(64, ge=1)
     eval_batch_size: int = Field(32, ge=1)
+    # Training questions are asked on random crops of crop_min_scale–1 of the frame: heads sit
+    # alike in a dataset's frames and without it the model learns one constant box.
+    crop_min_scale: float | None = Field(0.6, gt=0.0, le=1.0)
+    torch_threads: int | None = Field(1, ge=1)  # per training worker (2 cores: oversubscription is 10× slower)
 
     @field_validator("family")
     @classmethod
@@ -197,6 +201,47 @@ class LoraParams(_Strict):
     train: TrainSection = Field(default_factory=dict)
 
 
+# ---------------------------------------------------------------- merging, evaluation, registry
+class MergeConfig(_Strict):
+    """Which adapters are merged, and by which methods (``pipeline/merge.py`` registry).
+
+    ``methods`` maps a registry name to that method's own parameters; the merge functions
+    validate those (an unknown parameter fails naming the method).
+    """
+
+    inputs: list[str] = Field(default_factory=lambda: ["hpe", "grounding"])  # lora.adapters, in task order
+    weights: list[float] = Field(default_factory=lambda: [1.0, 1.0])
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_weight_per_input(self) -> MergeConfig:
+        if len(self.weights) != len(self.inputs):
+            raise ValueError(f"weights has {len(self.weights)} entries for {len(self.inputs)} inputs")
+        return self
+
+
+class EvaluateConfig(_Strict):
+    """Cross-dataset head-pose evaluation and the grounding check of every candidate."""
+
+    headpose_sets: list[str] = Field(default_factory=lambda: ["aflw2000", "biwi_hpdb"])  # ingested, split "test"
+    rows_per_set: int | None = Field(None, ge=1)  # first N rows (by source_id) of each set; null = all
+    grounding_rows: int = Field(64, ge=1)  # held-out 300W-LP frames asked for the head's box
+    batch_size: int = Field(32, ge=1)
+    workers: int = Field(1, ge=1)  # Ray Data actors (each loads the model once)
+    engine: Literal["ray", "local"] = "ray"
+    max_new_tokens: int = Field(40, ge=1)
+
+
+class RegistryConfig(_Strict):
+    """MLflow model registry: every merged model is a version with alias ``candidate``;
+    ``champion`` moves to one only if its mean MAE beats the current champion's and its
+    grounding accuracy is within ``grounding_tolerance`` of the base model's."""
+
+    enabled: bool = True
+    model_name: str = "hpe-vlm"
+    grounding_tolerance: float = Field(0.1, ge=0.0, le=1.0)
+
+
 class OrchestrationConfig(_Strict):
     use_dvc: bool = True
 
@@ -209,7 +254,22 @@ class Params(_Strict):
     vlm: VLMConfig = Field(default_factory=VLMConfig)
     pretrain_base: PretrainConfig = Field(default_factory=PretrainConfig)
     lora: LoraParams = Field(default_factory=LoraParams)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Params:
+        # A merge input or an evaluation set that names nothing would only fail stages later.
+        if self.merge.methods:
+            unknown = [a for a in self.merge.inputs if a not in self.lora.adapters]
+            if unknown:
+                raise ValueError(f"merge.inputs {unknown} are not in lora.adapters ({', '.join(self.lora.adapters)})")
+        unknown = [d for d in self.evaluate.headpose_sets if d not in self.ingest.datasets]
+        if unknown:
+            raise ValueError(f"evaluate.headpose_sets {unknown} are not in ingest.datasets")
+        return self
 
 
 def _format_error(source: str, err: ValidationError) -> str:

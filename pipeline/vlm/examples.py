@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pipeline.imaging import decode_jpeg
+from pipeline.imaging import decode_jpeg, encode_jpeg
 from pipeline.vlm.boxes import Box
 from pipeline.vlm.families import VLMFamily, tokenizer_of
 
@@ -201,6 +201,19 @@ def crop_example(example: Example, family: VLMFamily, window: tuple[int, int, in
     return _headpose(image, moved, example.target, family, example.source_id)
 
 
+def random_window(box: Sequence[float], width: int, height: int, rng: np.random.Generator,
+                  min_scale: float = 0.6) -> tuple[int, int, int, int]:
+    """A random crop window of ``min_scale``–1 of each image side that keeps the whole ``box``."""
+    bx0, by0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+    bx1, by1 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
+    scale = rng.uniform(min_scale, 1.0)
+    cw, ch = max(bx1 - bx0, round(width * scale)), max(by1 - by0, round(height * scale))
+    # The window's left edge may go from (box right edge − window width) to the box's left edge.
+    x0 = int(rng.integers(max(0, bx1 - cw), min(bx0, width - cw) + 1))
+    y0 = int(rng.integers(max(0, by1 - ch), min(by0, height - ch) + 1))
+    return x0, y0, x0 + cw, y0 + ch
+
+
 def random_crop(example: Example, family: VLMFamily, rng: np.random.Generator, min_scale: float = 0.6) -> Example:
     """Augmentation: a random crop of ``min_scale``–1 of each side that keeps the whole head box.
 
@@ -218,14 +231,21 @@ def random_crop(example: Example, family: VLMFamily, rng: np.random.Generator, m
     """
     height, width = example.image.shape[:2]
     box = example.target if example.task == "grounding" else example.head_box
-    bx0, by0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
-    bx1, by1 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
-    scale = rng.uniform(min_scale, 1.0)
-    cw, ch = max(bx1 - bx0, round(width * scale)), max(by1 - by0, round(height * scale))
-    # The window's left edge may go from (box right edge − window width) to the box's left edge.
-    x0 = int(rng.integers(max(0, bx1 - cw), min(bx0, width - cw) + 1))
-    y0 = int(rng.integers(max(0, by1 - ch), min(by0, height - ch) + 1))
-    return crop_example(example, family, (x0, y0, x0 + cw, y0 + ch))
+    return crop_example(example, family, random_window(box, width, height, rng, min_scale))
+
+
+def crop_row(row: Mapping[str, Any], window: tuple[int, int, int, int], jpeg_quality: int = 95) -> dict[str, Any]:
+    """A head-pose row whose frame is cut to ``window`` (JPEG re-encoded, head box moved).
+
+    Held-out grounding is scored on such crops: on whole frames, where heads sit alike, always
+    answering the average box already scores well and would hide a model that ignores the image.
+    """
+    image, box, sid = _frame(row)
+    x0, y0, x1, y1 = window
+    out = dict(row)
+    out.update(frame_jpeg=encode_jpeg(np.ascontiguousarray(image[y0:y1, x0:x1]), jpeg_quality),
+               frame_width=x1 - x0, frame_height=y1 - y0, head_box=[box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0])
+    return out
 
 
 def collate(

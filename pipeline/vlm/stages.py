@@ -35,6 +35,24 @@ def grounding_rows(params: Params, parquet_root: Path = layout.PARQUET) -> tuple
     return table.filter(pc.invert(mask)), table.filter(mask)
 
 
+def heldout_crops(params: Params, heldout: pa.Table, n: int) -> pa.Table:
+    """The first ``n`` held-out frames, each cut by a crop window fixed by ``(seed, source_id)``.
+
+    Grounding is scored on these: heads sit alike in a dataset's whole frames, so the average
+    box would score well there and hide a model that ignores the image.
+    """
+    import numpy as np
+
+    from pipeline.vlm.examples import crop_row, random_window
+
+    scale = params.vlm.crop_min_scale or 0.6
+    rows = []
+    for r in heldout.slice(0, n).to_pylist():
+        rng = np.random.default_rng(int(row_fraction(params.seed, str(r["source_id"]), "heldout-crop") * 2**63))
+        rows.append(crop_row(r, random_window(r["head_box"], r["frame_width"], r["frame_height"], rng, scale)))
+    return pa.Table.from_pylist(rows, schema=heldout.schema)
+
+
 def resolve_base(base_dir: Path) -> Path:
     """The folder holding the base VLM: ``base_dir`` itself, or what its link file names."""
     link = Path(base_dir) / LINK_FILE
@@ -80,8 +98,8 @@ def _train_config(section: dict[str, Any], **override: Any) -> Any:
 
 
 def _heldout_eval(params: Params, model_dir: Path, adapter_dir: Path | None, heldout: pa.Table,
-                  with_headpose: bool) -> dict[str, Any]:
-    from pipeline.evaluate.vlm_answers import evaluate_grounding, evaluate_headpose
+                  with_headpose: bool, train_rows: pa.Table) -> dict[str, Any]:
+    from pipeline.evaluate.vlm_answers import evaluate_grounding, evaluate_headpose, mean_relative_box
     from pipeline.vlm.families import get_family
 
     family = get_family(params.vlm.family)
@@ -91,7 +109,9 @@ def _heldout_eval(params: Params, model_dir: Path, adapter_dir: Path | None, hel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     rows = heldout.slice(0, params.vlm.eval_rows).to_pylist()
-    out: dict[str, Any] = {"grounding": evaluate_grounding(model, processor, family, rows,
+    crops = heldout_crops(params, heldout, params.vlm.eval_rows).to_pylist()
+    constant = mean_relative_box(train_rows.select(["head_box", "frame_width", "frame_height"]).to_pylist())
+    out: dict[str, Any] = {"grounding": evaluate_grounding(model, processor, family, crops, constant_box=constant,
                                                            batch_size=params.vlm.eval_batch_size)}
     if with_headpose:
         out["headpose"] = evaluate_headpose(model, processor, family, rows, batch_size=params.vlm.eval_batch_size)
@@ -136,7 +156,8 @@ def pretrain_base(params: Params, out: str | Path, runs: str | Path, metrics: st
         from pipeline.train.ray_deepspeed import train
 
         train_rows, _ = grounding_rows(params, parquet_root)
-        task = VLMTask(family=params.vlm.family, tiny=params.vlm.tiny, rehearsal=1.0, seed=params.seed)
+        task = VLMTask(family=params.vlm.family, tiny=params.vlm.tiny, rehearsal=1.0, seed=params.seed,
+                       crop_min_scale=params.vlm.crop_min_scale, torch_threads=params.vlm.torch_threads)
         cfg = _train_config(params.pretrain_base.train)
         name = run_name("pretrain_base", cfg.model_dump(), params.vlm.model_dump(mode="json"), params.seed,
                         _data_digest(params, parquet_root))
@@ -147,8 +168,8 @@ def pretrain_base(params: Params, out: str | Path, runs: str | Path, metrics: st
             shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
         summary = {"steps": result.steps, "final_loss": result.final_loss, "samples_per_s": result.samples_per_s,
                    "mlflow_run_id": result.mlflow_run_id, "resumed_from_step": result.resumed_from_step}
-    _, heldout = grounding_rows(params, parquet_root)
-    evals = _heldout_eval(params, resolve_base(out), None, heldout, with_headpose=False)
+    train_rows, heldout = grounding_rows(params, parquet_root)
+    evals = _heldout_eval(params, resolve_base(out), None, heldout, with_headpose=False, train_rows=train_rows)
     _log_eval(summary.get("mlflow_run_id"), params, evals)
     summary["heldout"] = evals
     if metrics is not None:
@@ -176,7 +197,8 @@ def train_lora(params: Params, name: str, base: str | Path, out: str | Path, run
     lora = {"r": params.lora.r, "lora_alpha": params.lora.lora_alpha, "lora_dropout": params.lora.lora_dropout,
             "target_modules": params.lora.target_modules}
     task = VLMTask(family=params.vlm.family, model_dir=str(base_dir), lora=lora, rehearsal=adapter.rehearsal,
-                   seed=params.seed, trust_remote_code=params.vlm.trust_remote_code)
+                   seed=params.seed, trust_remote_code=params.vlm.trust_remote_code,
+                   crop_min_scale=params.vlm.crop_min_scale, torch_threads=params.vlm.torch_threads)
     train_rows, heldout = grounding_rows(params, parquet_root)
     cfg = _train_config(params.lora.train, steps=adapter.steps)
     from pipeline.lineage import dvc_md5
@@ -189,7 +211,7 @@ def train_lora(params: Params, name: str, base: str | Path, out: str | Path, run
     out = Path(out)
     with atomic_dir(out) as tmp:
         shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
-    evals = _heldout_eval(params, base_dir, out, heldout, with_headpose=True)
+    evals = _heldout_eval(params, base_dir, out, heldout, with_headpose=True, train_rows=train_rows)
     _log_eval(result.mlflow_run_id, params, evals)
     summary = {"adapter": name, "rehearsal": adapter.rehearsal, "steps": result.steps,
                "final_loss": result.final_loss, "samples_per_s": result.samples_per_s,

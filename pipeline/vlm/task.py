@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from pipeline.vlm.examples import collate, grounding_example, headpose_example
+from pipeline.vlm.examples import collate, grounding_example, headpose_example, random_crop
 from pipeline.vlm.families import get_family
 
 REQUIRED_COLUMNS = ("source_id", "frame_jpeg", "frame_width", "frame_height", "head_box", "yaw", "pitch", "roll")
@@ -46,6 +47,11 @@ class VLMTask:
             1.0 = grounding only.
         seed: seed of the row-level choices.
         trust_remote_code: passed to the family's loader (params decide).
+        crop_min_scale: random-crop augmentation (``examples.random_crop``): each training
+            question is asked on a random crop of ``crop_min_scale``–1 of the frame holding the
+            whole head; ``None`` trains on whole frames.
+        torch_threads: intra-op threads per worker (oversubscribing 2 cores makes a tiny model
+            10× slower); ``None`` leaves torch's default.
     """
 
     family: str = "tiny"
@@ -55,6 +61,8 @@ class VLMTask:
     rehearsal: float = 0.0
     seed: int = 0
     trust_remote_code: bool = False
+    crop_min_scale: float | None = None
+    torch_threads: int | None = 1
     required_columns: tuple[str, ...] = REQUIRED_COLUMNS
     _processor: Any = field(default=None, repr=False, compare=False)
 
@@ -85,6 +93,8 @@ class VLMTask:
 
     def build_model(self) -> torch.nn.Module:
         """The base VLM (all weights trainable) or base + LoRA (adapter trainable only)."""
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
         model, processor = self._load_base()
         self._processor = processor
         if self.lora is None:
@@ -128,15 +138,23 @@ class VLMTask:
                 )
 
     # ------------------------------------------------------------ training
-    def example(self, row: dict) -> Any:
-        """The question a row becomes (grounding with probability ``rehearsal``)."""
+    def example(self, row: dict, rng: np.random.Generator | None = None) -> Any:
+        """The question a row becomes (grounding with probability ``rehearsal``), randomly
+        cropped when ``crop_min_scale`` is set and ``rng`` is given."""
         family = get_family(self.family)
         if row_fraction(self.seed, str(row["source_id"]), "task") < self.rehearsal:
-            return grounding_example(row, family)
-        return headpose_example(row, family)
+            example = grounding_example(row, family)
+        else:
+            example = headpose_example(row, family)
+        if self.crop_min_scale is not None and rng is not None:
+            example = random_crop(example, family, rng, self.crop_min_scale)
+        return example
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return collate([self.example(r) for r in rows], get_family(self.family), self.processor)
+        # The loop seeds torch per step (and rank) before collating: drawing the crop seed from
+        # torch makes a resumed run see the very same crops as an uninterrupted one.
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        return collate([self.example(r, rng) for r in rows], get_family(self.family), self.processor)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss
