@@ -31,7 +31,9 @@ def stage_names(params: Params) -> list[str]:
     ingest = [f"ingest@{name}" for name in params.ingest.datasets]
     gt = [f"ground_truth@{name}" for name in params.ingest.datasets if DATASETS[name].kind == "keypoints"]
     vlm = ["pretrain_base", *(f"train_lora@{name}" for name in params.lora.adapters)]
-    return synth + ingest + gt + vlm
+    merged = [f"merge@{method}" for method in params.merge.methods]
+    evaluate = ["evaluate", *(["register"] if params.registry.enabled else []), "report"]
+    return synth + ingest + gt + ["baseline"] + vlm + merged + evaluate
 
 
 def _flow_run_id() -> str:
@@ -73,11 +75,61 @@ def _run_direct(stage: str, params: Params, workdir: Path) -> dict:
                 stages.ingest_stage(params, name, raw_root, layout.parquet_out(name), layout.ingest_metrics(name))
             elif kind == "ground_truth":
                 stages.ground_truth(params, name, params.ingest.dataset(name).raw_root, layout.ground_truth_out(name))
+            elif kind == "baseline":
+                stages.baseline_stage(
+                    params,
+                    layout.baseline_out(),
+                    layout.train_runs(),
+                    layout.baseline_metrics(),
+                    curve=layout.curve("baseline"),
+                )
             elif kind == "pretrain_base":
-                vlm_stages.pretrain_base(params, layout.base_model(), layout.train_runs(), layout.pretrain_metrics())
+                vlm_stages.pretrain_base(
+                    params,
+                    layout.base_model(),
+                    layout.train_runs(),
+                    layout.pretrain_metrics(),
+                    curve=layout.curve("pretrain_base"),
+                )
             elif kind == "train_lora":
-                vlm_stages.train_lora(params, name, layout.base_model(), layout.adapter_out(name), layout.train_runs(),
-                                      layout.lora_metrics(name))
+                vlm_stages.train_lora(
+                    params,
+                    name,
+                    layout.base_model(),
+                    layout.adapter_out(name),
+                    layout.train_runs(),
+                    layout.lora_metrics(name),
+                    curve=layout.curve(f"lora-{name}"),
+                )
+            elif kind == "merge":
+                vlm_stages.merge_stage(
+                    params,
+                    name,
+                    layout.base_model(),
+                    layout.adapters_root(),
+                    layout.merged_out(name),
+                    layout.merge_metrics(name),
+                )
+            elif kind == "evaluate":
+                from pipeline.evaluate.vlm_stage import evaluate_vlm
+
+                evaluate_vlm(
+                    params,
+                    layout.base_model(),
+                    layout.adapters_root(),
+                    layout.merged_root(),
+                    layout.eval_metrics_dir(),
+                    layout.evaluation_table(),
+                    layout.invalid_answers_dir(),
+                )
+            elif kind == "report":
+                from pipeline.report import report_stage
+
+                report_stage(params)
+            elif kind == "register":
+                from pipeline.registry import register_merged
+
+                register_merged(params, layout.evaluation_table(), layout.merged_root(), layout.registry_out())
             else:
                 raise ValueError(f"unknown stage kind {kind!r}")
     finally:
@@ -129,6 +181,12 @@ def ingest_markdown(workdir: Path, params: Params) -> str:
     return "\n".join(lines)
 
 
+def candidate_table(table_path: Path) -> list[dict]:
+    """The evaluation table's rows, numbers rounded for the Prefect UI."""
+    rows = json.loads(table_path.read_text())["candidates"]
+    return [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+
 @flow(name="hpe", log_prints=True)
 def hpe(params_path: str = "params.yaml", workdir: str = ".", stages: list[str] | None = None) -> list[dict]:
     """The whole pipeline. ``stages`` restricts the run to some stage names (DAG order kept)."""
@@ -158,5 +216,15 @@ def hpe(params_path: str = "params.yaml", workdir: str = ".", stages: list[str] 
         ],
         description="Wall time and peak memory per stage",
     )
+    table = wd / layout.evaluation_table()
+    if table.exists():
+        create_table_artifact(
+            key="candidates",
+            table=candidate_table(table),
+            description="Every candidate on the head-pose test sets and on grounding",
+        )
+    report = wd / layout.report_md()
+    if report.exists():
+        create_markdown_artifact(key="report", markdown=report.read_text(), description="Results report")
     write_json_atomic(wd / layout.run_summary(), {"flow_run_id": _flow_run_id(), "stages": results})
     return results

@@ -37,12 +37,20 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON via a temp file + rename."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file via a temp file + rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON (sorted keys, indented) via a temp file + rename."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

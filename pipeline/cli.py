@@ -100,41 +100,182 @@ def ground_truth(
 
 
 @app.command("pretrain-base")
-def pretrain_base(out: Path = typer.Option(Path("models/base"), "--out", help="base VLM folder"),
-                  runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
-                  metrics: Path | None = typer.Option(None, "--metrics", help="held-out grounding metrics"),
-                  params: Path = ParamsOpt) -> None:
+def pretrain_base(
+    out: Path = typer.Option(Path("models/base"), "--out", help="base VLM folder"),
+    runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
+    metrics: Path | None = typer.Option(None, "--metrics", help="held-out grounding metrics"),
+    curve: Path | None = typer.Option(None, "--curve", help="training curve JSON (dvc plots)"),
+    params: Path = ParamsOpt,
+) -> None:
     """Train the tiny VLM on grounding (or validate and link params' real checkpoint)."""
     from pipeline.train.ray_deepspeed import PreflightError
     from pipeline.vlm import stages as vlm_stages
 
     p = _load(params)
     try:
-        summary = vlm_stages.pretrain_base(p, out, runs, metrics)
+        summary = vlm_stages.pretrain_base(p, out, runs, metrics, curve=curve)
     except (PreflightError, FileNotFoundError, PermissionError) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command("train-lora")
-def train_lora(name: str = typer.Argument(..., help="adapter name from params lora.adapters"),
-               base: Path = typer.Option(Path("models/base"), "--base", help="base VLM folder"),
-               out: Path = typer.Option(..., "--out", help="adapter folder (PEFT save_pretrained)"),
-               runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
-               metrics: Path | None = typer.Option(None, "--metrics", help="held-out metrics JSON"),
-               params: Path = ParamsOpt) -> None:
+def train_lora(
+    name: str = typer.Argument(..., help="adapter name from params lora.adapters"),
+    base: Path = typer.Option(Path("models/base"), "--base", help="base VLM folder"),
+    out: Path = typer.Option(..., "--out", help="adapter folder (PEFT save_pretrained)"),
+    runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
+    metrics: Path | None = typer.Option(None, "--metrics", help="held-out metrics JSON"),
+    curve: Path | None = typer.Option(None, "--curve", help="training curve JSON (dvc plots)"),
+    params: Path = ParamsOpt,
+) -> None:
     """Train one LoRA adapter of the base VLM through Ray Train + DeepSpeed."""
     from pipeline.train.ray_deepspeed import PreflightError
     from pipeline.vlm import stages as vlm_stages
 
     p = _load(params)
     try:
-        summary = vlm_stages.train_lora(p, name, base, out, runs, metrics)
+        summary = vlm_stages.train_lora(p, name, base, out, runs, metrics, curve=curve)
     except (PreflightError, FileNotFoundError, PermissionError) as err:
         _fail(str(err))
     except KeyError as err:
         _fail(str(err).strip("'\""))
     typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("train-baseline")
+def train_baseline(
+    out: Path = typer.Option(Path("models/baseline"), "--out", help="baseline model folder"),
+    runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
+    metrics: Path = typer.Option(Path("metrics/baseline.json"), "--metrics", help="test-set scores"),
+    curve: Path | None = typer.Option(None, "--curve", help="training curve JSON (dvc plots)"),
+    params: Path = ParamsOpt,
+) -> None:
+    """Train the 6DRepNet-style baseline on 300W-LP and score it on the cross-dataset test sets."""
+    from pipeline import stages
+    from pipeline.train.ray_deepspeed import PreflightError
+
+    p = _load(params)
+    try:
+        summary = stages.baseline_stage(p, out, runs, metrics, curve=curve)
+    except (PreflightError, FileNotFoundError, PermissionError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("merge")
+def merge(
+    method: str = typer.Argument(..., help="merge method from params merge.methods"),
+    base: Path = typer.Option(Path("models/base"), "--base", help="base VLM folder"),
+    adapters: Path = typer.Option(Path("models/adapters"), "--adapters", help="folder of the LoRA adapters"),
+    out: Path = typer.Option(..., "--out", help="merged model folder (save_pretrained)"),
+    metrics: Path | None = typer.Option(None, "--metrics", help="merge summary JSON"),
+    params: Path = ParamsOpt,
+) -> None:
+    """Merge the LoRA adapters params names (merge.inputs) into the base VLM by one method."""
+    from pipeline.vlm import stages as vlm_stages
+
+    p = _load(params)
+    try:
+        summary = vlm_stages.merge_stage(p, method, base, adapters, out, metrics)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    except KeyError as err:
+        _fail(str(err).strip("'\""))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("evaluate")
+def evaluate(
+    base: Path = typer.Option(Path("models/base"), "--base", help="base VLM folder"),
+    adapters: Path | None = typer.Option(Path("models/adapters"), "--adapters", help="LoRA adapters folder"),
+    merged: Path | None = typer.Option(Path("models/merged"), "--merged", help="merged models folder"),
+    metrics_dir: Path = typer.Option(Path("metrics/eval"), "--metrics-dir", help="one JSON per candidate"),
+    table: Path = typer.Option(Path("metrics/evaluation.json"), "--table", help="all candidates"),
+    invalid: Path = typer.Option(Path("reports/invalid_answers"), "--invalid", help="invalid answers"),
+    params: Path = ParamsOpt,
+) -> None:
+    """Every candidate (base, LoRA adapters, merges) on the head-pose test sets and on grounding."""
+    from pipeline.evaluate.vlm_stage import evaluate_vlm
+
+    p = _load(params)
+    try:
+        summary = evaluate_vlm(p, base, adapters, merged, metrics_dir, table, invalid)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary["rows"], indent=2, default=str))
+
+
+@app.command("register")
+def register(
+    table: Path = typer.Option(Path("metrics/evaluation.json"), "--table", help="evaluation table"),
+    merged: Path = typer.Option(Path("models/merged"), "--merged", help="merged models folder"),
+    out: Path = typer.Option(Path("reports/registry.json"), "--out", help="gate decisions JSON"),
+    params: Path = ParamsOpt,
+) -> None:
+    """Register every merged model in MLflow (alias candidate; champion behind the gate)."""
+    from pipeline.registry import register_merged
+
+    p = _load(params)
+    if not p.registry.enabled:
+        _fail("registry.enabled is false in params")
+    try:
+        summary = register_merged(p, table, merged, out)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("report")
+def report(params: Path = ParamsOpt) -> None:
+    """Render reports/report.md and its figures from the metrics files; attach them to MLflow."""
+    from pipeline.report import report_stage
+
+    p = _load(params)
+    try:
+        summary = report_stage(p)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("ask")
+def ask(
+    image: Path = typer.Argument(..., help="an image file (JPEG/PNG)"),
+    box: str | None = typer.Option(None, "--box", help="head box x0,y0,x1,y1 in pixels (head pose)"),
+    alias: str = typer.Option("champion", "--alias", help="registry alias"),
+    params: Path = ParamsOpt,
+) -> None:
+    """Ask the registered model behind an alias for a head pose (with --box) or the head's box."""
+    import mlflow
+    import pandas as pd
+
+    from pipeline.registry import load_champion
+
+    p = _load(params)
+    mlflow.set_tracking_uri(p.tracking.resolved_uri())
+    try:
+        data = image.read_bytes()
+    except OSError as err:
+        _fail(f"{image}: cannot read ({err.strerror})")
+    coords = None
+    if box is not None:
+        try:
+            coords = [float(v) for v in box.split(",")]
+        except ValueError:
+            coords = []
+        if len(coords) != 4:
+            _fail(f"--box must be four numbers x0,y0,x1,y1, got {box!r}")
+    try:
+        model = load_champion(p.registry.model_name, alias)
+    except mlflow.exceptions.MlflowException as err:
+        _fail(f"no model {p.registry.model_name}@{alias} in {p.tracking.resolved_uri()}: {err.message}")
+    request = pd.DataFrame([{"image": data, "task": "headpose" if coords else "grounding", "box": coords}])
+    try:
+        answer = model.predict(request).to_dict("records")[0]
+    except ValueError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(answer, indent=2, default=str))
 
 
 @app.command("check-params")

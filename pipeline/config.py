@@ -153,7 +153,14 @@ def _validated_by(model: Any) -> Any:
     return Annotated[dict[str, Any], AfterValidator(check)]
 
 
+def _baseline_config() -> Any:
+    from pipeline.baselines.config import BaselineConfig
+
+    return BaselineConfig
+
+
 TinySection = _validated_by(_tiny_config)
+BaselineSection = _validated_by(_baseline_config)
 TrainSection = _validated_by(_train_config)
 
 
@@ -255,6 +262,7 @@ class Params(_Strict):
     pretrain_base: PretrainConfig = Field(default_factory=PretrainConfig)
     lora: LoraParams = Field(default_factory=LoraParams)
     merge: MergeConfig = Field(default_factory=MergeConfig)
+    baseline: BaselineSection = Field(default_factory=dict)  # pipeline/baselines/config.py BaselineConfig
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)

@@ -20,8 +20,16 @@ def base_model() -> Path:
     return MODELS / "base"
 
 
+def adapters_root() -> Path:
+    return MODELS / "adapters"
+
+
 def adapter_out(name: str) -> Path:
-    return MODELS / "adapters" / name
+    return adapters_root() / name
+
+
+def merged_root() -> Path:
+    return MODELS / "merged"
 
 
 def train_runs() -> Path:
@@ -35,6 +43,48 @@ def pretrain_metrics() -> Path:
 
 def lora_metrics(name: str) -> Path:
     return METRICS / "lora" / f"{name}.json"
+
+
+def curve(stage: str) -> Path:
+    """Training curve (loss and lr per step) of a training stage, for ``dvc plots``."""
+    return METRICS / "curves" / f"{stage}.json"
+
+
+def baseline_out() -> Path:
+    return MODELS / "baseline"
+
+
+def baseline_metrics() -> Path:
+    return METRICS / "baseline.json"
+
+
+def merged_out(method: str) -> Path:
+    return merged_root() / method
+
+
+def merge_metrics(method: str) -> Path:
+    return METRICS / "merge" / f"{method}.json"
+
+
+def eval_metrics_dir() -> Path:
+    """Per-candidate evaluation metrics (one JSON per candidate)."""
+    return METRICS / "eval"
+
+
+def evaluation_table() -> Path:
+    return METRICS / "evaluation.json"
+
+
+def invalid_answers_dir() -> Path:
+    return REPORTS / "invalid_answers"
+
+
+def report_md() -> Path:
+    return REPORTS / "report.md"
+
+
+def registry_out() -> Path:
+    return REPORTS / "registry.json"
 
 
 def synth_out(name: str) -> Path:

@@ -125,45 +125,45 @@ def _metric_tag(value: Any) -> str:
 
 
 def register_candidate(
-    client: Any,
     model_name: str,
     model_dir: Path,
-    family: str,
     tags: dict[str, Any],
     run_name: str,
-    trust_remote_code: bool = False,
+    python_model: mlflow.pyfunc.PythonModel,
+    model_config: dict[str, Any] | None = None,
 ) -> str:
-    """Log ``model_dir`` as a pyfunc model in a new MLflow run and register it; returns the version."""
+    """Log ``model_dir`` as the artifact of a pyfunc model (``python_model`` answers requests from
+    it) in a new MLflow run, register it under ``model_name`` with ``tags``; returns the version."""
     import pipeline
 
-    with mlflow.start_run(run_name=run_name, tags={"stage": "register"}, nested=True) as run:
-        mlflow.pyfunc.log_model(
+    with mlflow.start_run(run_name=run_name, tags={"stage": "register"}, nested=True):
+        info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=HeadPoseVLM(),
+            python_model=python_model,
             artifacts={"model": str(model_dir)},
-            model_config={"family": family, "trust_remote_code": trust_remote_code},
+            model_config=model_config or {},
             code_paths=[str(Path(pipeline.__file__).parent)],
             # Explicit: inferring requirements would load the model in a subprocess.
             pip_requirements=["torch", "transformers", "peft", "pandas", "pillow"],
         )
         mlflow.log_dict(tags, "registry_tags.json")
     version = mlflow.register_model(
-        f"runs:/{run.info.run_id}/model",
+        info.model_uri,
         model_name,
         tags={k: _metric_tag(v) if not isinstance(v, (dict, list)) else json.dumps(v) for k, v in tags.items()},
     )
     return str(version.version)
 
 
-def current_champion_mae(client: Any, model_name: str) -> tuple[str | None, float | None]:
-    """Version and mean MAE of the current champion, ``(None, None)`` when there is none."""
+def current_champion(client: Any, model_name: str, metric_tag: str = "mean_mae") -> tuple[str | None, float | None]:
+    """Version of the current champion and its ``metric_tag`` value, ``(None, None)`` when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
         return None, None
-    value = mv.tags.get("mean_mae")
+    value = mv.tags.get(metric_tag)
     return str(mv.version), (None if value in (None, "none") else float(value))
 
 
@@ -202,16 +202,15 @@ def register_merged(params: Any, table_path: Path, merged_root: Path, out: Path)
                 **{k: v for k, v in row.items() if k not in ("candidate", "kind")},
             }
             version = register_candidate(
-                client,
                 cfg.model_name,
                 Path(merged_root) / method,
-                params.vlm.family,
                 tags,
                 run_name=f"register-{method}",
-                trust_remote_code=params.vlm.trust_remote_code,
+                python_model=HeadPoseVLM(),
+                model_config={"family": params.vlm.family, "trust_remote_code": params.vlm.trust_remote_code},
             )
             client.set_registered_model_alias(cfg.model_name, CANDIDATE, version)
-            champion_version, champion_mae = current_champion_mae(client, cfg.model_name)
+            champion_version, champion_mae = current_champion(client, cfg.model_name)
             decision = gate(
                 row["mean_mae"],
                 row["grounding/acc_iou50"],
@@ -234,7 +233,7 @@ def register_merged(params: Any, table_path: Path, merged_root: Path, out: Path)
     summary = {
         "model_name": cfg.model_name,
         "decisions": decisions,
-        "champion": current_champion_mae(MlflowClient(params.tracking.resolved_uri()), cfg.model_name)[0],
+        "champion": current_champion(MlflowClient(params.tracking.resolved_uri()), cfg.model_name)[0],
     }
     write_json_atomic(out, summary)
     return summary

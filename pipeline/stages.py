@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.config import Params
 
-__all__ = ["synth", "ground_truth", "ingest_stage", "resolve_dataset_name", "write_json_atomic"]
+__all__ = ["synth", "ground_truth", "ingest_stage", "baseline_stage", "resolve_dataset_name", "write_json_atomic"]
 
 
 def synth(params: Params, name: str, out: str | Path) -> dict:
@@ -128,4 +128,30 @@ def ingest_stage(
             "dvc_md5",
         )
         write_json_atomic(metrics, {k: summary[k] for k in keys})
+    return summary
+
+
+def baseline_stage(
+    params: Params,
+    out: str | Path,
+    runs: str | Path,
+    metrics: str | Path,
+    parquet_root: Path | None = None,
+    curve: str | Path | None = None,
+) -> dict:
+    """Train the CNN baseline (params ``baseline``) on 300W-LP face crops through the one loop and
+    score it on the same test sets as the VLM candidates (``evaluate.headpose_sets``)."""
+    from pipeline import layout
+    from pipeline.baselines import train_baseline
+    from pipeline.evaluate.vlm_stage import headpose_test_sets
+    from pipeline.ingest import read_records
+    from pipeline.tracking import loop_tracking, write_curve
+
+    root = Path(parquet_root) if parquet_root is not None else layout.PARQUET
+    train_rows = read_records(root / "300w_lp", "train")
+    tests = headpose_test_sets(params, root)
+    tracking = loop_tracking(params.tracking, "baseline", [("300w_lp", root / "300w_lp")])
+    summary = train_baseline(params.baseline, train_rows, tests, out, runs, metrics, tracking)
+    if curve is not None:
+        write_curve(tracking and tracking["tracking_uri"], summary["mlflow_run_id"], Path(curve))
     return summary

@@ -53,6 +53,19 @@ def mlflow_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str] | None =
             os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def loop_tracking(cfg: TrackingConfig, stage: str, inputs: list[tuple[str, Path]]) -> dict[str, Any] | None:
+    """The ``tracking`` argument of the training loop: where rank 0 logs, with the lineage tags
+    and the input datasets (name, Parquet folder) the run names; ``None`` when tracking is off."""
+    if not cfg.enabled:
+        return None
+    return {
+        "tracking_uri": cfg.resolved_uri(),
+        "experiment": cfg.experiment,
+        "tags": {**lineage_tags(), "stage": stage},
+        "datasets": [{"name": n, "path": str(p), "context": "training"} for n, p in inputs],
+    }
+
+
 def _mlflow_type(t: pa.DataType) -> Any:
     from mlflow.types.schema import Array, DataType
 
@@ -95,3 +108,28 @@ def log_parquet_dataset(name: str, folder: Path, schema: pa.Schema, dvc_hash: st
         source = resolve_dataset_source(str(Path(folder).resolve()))
     dataset = MetaDataset(source=source, name=name, digest=dvc_hash, schema=arrow_to_mlflow_schema(schema))
     mlflow.log_input(dataset, context=context, tags={"dvc.md5": dvc_hash})
+
+
+def metric_history(tracking_uri: str, run_id: str, keys: tuple[str, ...] = ("loss", "lr")) -> list[dict[str, float]]:
+    """Per-step values of ``keys`` logged to an MLflow run, one row per step (for curves).
+
+    A resumed run logs again the steps between its last checkpoint and the kill; the value
+    logged last for a step wins, which is the one the finished run's weights came from.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rows: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+            rows.setdefault(m.step, {"step": m.step})[key] = m.value
+    return [rows[s] for s in sorted(rows)]
+
+
+def write_curve(tracking_uri: str | None, run_id: str | None, path: Path) -> list[dict[str, float]]:
+    """Write a run's training curve as JSON rows (``dvc plots``); ``[]`` when it was not tracked."""
+    from pipeline.atomic import write_json_atomic
+
+    rows = metric_history(tracking_uri, run_id) if tracking_uri and run_id else []
+    write_json_atomic(path, rows)
+    return rows

@@ -27,13 +27,17 @@ TINY = {
 
 
 def tiny_params_dict() -> dict:
-    """params.yaml with the tiny synthetic sizes and a few training steps (one LoRA adapter)."""
+    """params.yaml with the tiny synthetic sizes, a few training steps, two adapters, two merges."""
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["synthetic"] = TINY["synthetic"]
     data["pretrain_base"]["train"].update(steps=4, checkpoint_every=2, warmup_steps=1, micro_batch_size=4)
     data["lora"]["train"].update(steps=2, checkpoint_every=2, warmup_steps=0, micro_batch_size=4)
-    data["lora"]["adapters"] = {"hpe": {"rehearsal": 0.0}}
+    data["lora"]["adapters"] = {"hpe": {"rehearsal": 0.0}, "grounding": {"rehearsal": 1.0}}
     data["vlm"].update(eval_rows=4, heldout_fraction=0.25)
+    methods = data["merge"]["methods"]
+    data["merge"]["methods"] = {m: methods[m] for m in ("layer_wta", "task_arithmetic")}
+    data["evaluate"].update(rows_per_set=6, grounding_rows=4)
+    data["baseline"]["train"].update(steps=4, checkpoint_every=2, warmup_steps=1, micro_batch_size=8)
     return data
 
 

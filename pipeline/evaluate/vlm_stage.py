@@ -62,13 +62,20 @@ def _first_rows(table: pa.Table, n: int | None) -> pa.Table:
     return table if n is None else table.slice(0, n)
 
 
+def headpose_test_sets(params: Params, parquet_root: Path = layout.PARQUET) -> dict[str, pa.Table]:
+    """The cross-dataset test sets every candidate (and the CNN baseline) is scored on."""
+    return {
+        name: _first_rows(read_records(parquet_root / name, "test"), params.evaluate.rows_per_set)
+        for name in params.evaluate.headpose_sets
+    }
+
+
 def question_table(params: Params, parquet_root: Path = layout.PARQUET) -> pa.Table:
     """Every question of the evaluation: head pose on each test set, grounding on held-out frames."""
     from pipeline.vlm.stages import grounding_rows, heldout_crops
 
     parts = []
-    for name in params.evaluate.headpose_sets:
-        rows = _first_rows(read_records(parquet_root / name, "test"), params.evaluate.rows_per_set)
+    for name, rows in headpose_test_sets(params, parquet_root).items():
         parts.append((rows.select(ROW_COLUMNS), "headpose", name))
     _, heldout = grounding_rows(params, parquet_root)
     crops = heldout_crops(params, heldout.sort_by("source_id"), params.evaluate.grounding_rows)

@@ -201,8 +201,9 @@ def crop_example(example: Example, family: VLMFamily, window: tuple[int, int, in
     return _headpose(image, moved, example.target, family, example.source_id)
 
 
-def random_window(box: Sequence[float], width: int, height: int, rng: np.random.Generator,
-                  min_scale: float = 0.6) -> tuple[int, int, int, int]:
+def random_window(
+    box: Sequence[float], width: int, height: int, rng: np.random.Generator, min_scale: float = 0.6
+) -> tuple[int, int, int, int]:
     """A random crop window of ``min_scale``–1 of each image side that keeps the whole ``box``."""
     bx0, by0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
     bx1, by1 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
@@ -243,8 +244,12 @@ def crop_row(row: Mapping[str, Any], window: tuple[int, int, int, int], jpeg_qua
     image, box, sid = _frame(row)
     x0, y0, x1, y1 = window
     out = dict(row)
-    out.update(frame_jpeg=encode_jpeg(np.ascontiguousarray(image[y0:y1, x0:x1]), jpeg_quality),
-               frame_width=x1 - x0, frame_height=y1 - y0, head_box=[box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0])
+    out.update(
+        frame_jpeg=encode_jpeg(np.ascontiguousarray(image[y0:y1, x0:x1]), jpeg_quality),
+        frame_width=x1 - x0,
+        frame_height=y1 - y0,
+        head_box=[box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0],
+    )
     return out
 
 

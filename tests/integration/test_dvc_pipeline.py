@@ -76,8 +76,14 @@ def test_second_repro_is_a_noop_and_one_param_reruns_one_branch(repo):
     params["ingest"]["datasets"]["aflw2000"]["crop_margin"] = [0.25, 0.25]
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _dvc(path, "repro")
-    assert _ran(out) == {"ingest@aflw2000"}, out
+    # The test set changed: it is ingested again and everything scored on it is redone; no
+    # training of the VLM, no other dataset.
+    scored_on_it = {"baseline", "evaluate", "register", "report"}
+    ran = _ran(out)
+    assert "ingest@aflw2000" in ran and ran <= {"ingest@aflw2000"} | scored_on_it, out
     params["synthetic"]["biwi"]["frames_per_sequence"] = 3
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _dvc(path, "repro")
-    assert _ran(out) == {"synth@biwi", "ingest@biwi_hpdb", "ingest@biwi_npz"}, out
+    ran = _ran(out)
+    biwi = {"synth@biwi", "ingest@biwi_hpdb", "ingest@biwi_npz"}
+    assert biwi <= ran <= biwi | scored_on_it, out

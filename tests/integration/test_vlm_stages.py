@@ -37,22 +37,34 @@ def parquet(tmp_path_factory, synthetic_raw):
     root = tmp_path_factory.mktemp("pq")
     p = parse_params({**tiny_params_dict(), "tracking": {"enabled": False}})
     stages.ingest_stage(p, "300w_lp", synthetic_raw / "300w_lp", root / "300w_lp", engine="local")
+    stages.ingest_stage(p, "aflw2000", synthetic_raw / "aflw2000", root / "aflw2000", engine="local")
+    stages.ingest_stage(p, "biwi_hpdb", synthetic_raw / "biwi", root / "biwi_hpdb", engine="local")
     return root
 
 
 def test_pretrain_then_lora(parquet, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = _params(tmp_path)
-    summary = vlm_stages.pretrain_base(params, tmp_path / "base", tmp_path / "runs", tmp_path / "m.json",
-                                       parquet_root=parquet)
+    summary = vlm_stages.pretrain_base(
+        params, tmp_path / "base", tmp_path / "runs", tmp_path / "m.json", parquet_root=parquet
+    )
     assert summary["steps"] == 12
     model, processor = get_family("tiny").load(tmp_path / "base")
     assert (tmp_path / "base" / "model.safetensors").exists()
     m = json.loads((tmp_path / "m.json").read_text())
-    assert set(m["heldout"]["grounding"]) == {"n", "acc_iou50", "mean_iou", "invalid_rate"}
+    assert {"n", "acc_iou50", "acc_iou75", "mean_iou", "invalid_rate", "constant_box_acc_iou50"} <= set(
+        m["heldout"]["grounding"]
+    )
 
-    lora = vlm_stages.train_lora(params, "hpe", tmp_path / "base", tmp_path / "adapter", tmp_path / "runs",
-                                 tmp_path / "l.json", parquet_root=parquet)
+    lora = vlm_stages.train_lora(
+        params,
+        "hpe",
+        tmp_path / "base",
+        tmp_path / "adapter",
+        tmp_path / "runs",
+        tmp_path / "l.json",
+        parquet_root=parquet,
+    )
     assert lora["steps"] == 6
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert weights and all("lora_A" in k or "lora_B" in k for k in weights)
@@ -69,6 +81,56 @@ def test_pretrain_then_lora(parquet, tmp_path, monkeypatch):
     assert run.data.params and "loss" in run.data.metrics
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["300w_lp"]
     assert "heldout/grounding/acc_iou50" in run.data.metrics
+
+    # Merge the head-pose adapter with a grounding adapter, evaluate every candidate through
+    # Ray Data, register the merges behind the gate.
+    vlm_stages.train_lora(
+        params,
+        "grounding",
+        tmp_path / "base",
+        tmp_path / "adapters" / "grounding",
+        tmp_path / "runs",
+        parquet_root=parquet,
+    )
+    (tmp_path / "adapters" / "hpe").symlink_to(tmp_path / "adapter", target_is_directory=True)
+    for method in params.merge.methods:
+        merged = vlm_stages.merge_stage(
+            params,
+            method,
+            tmp_path / "base",
+            tmp_path / "adapters",
+            tmp_path / "merged" / method,
+            tmp_path / "merge" / f"{method}.json",
+        )
+        assert merged["groups"] > 0 and (tmp_path / "merged" / method / "merge_decisions.json").exists()
+        get_family("tiny").load(tmp_path / "merged" / method)  # a full model folder
+    from pipeline.evaluate.vlm_stage import evaluate_vlm
+    from pipeline.registry import register_merged
+
+    out = evaluate_vlm(
+        params,
+        tmp_path / "base",
+        tmp_path / "adapters",
+        tmp_path / "merged",
+        tmp_path / "eval",
+        tmp_path / "evaluation.json",
+        tmp_path / "invalid",
+        parquet_root=parquet,
+    )
+    names = [r["candidate"] for r in out["rows"]]
+    assert names == ["base", "lora:hpe", "lora:grounding", "merge:layer_wta", "merge:task_arithmetic"]
+    per = json.loads((tmp_path / "eval" / "merge-layer_wta.json").read_text())
+    assert per["aflw2000"]["n"] == 6 and per["biwi_hpdb"]["n"] == 6 and per["grounding"]["n"] == 4
+    for name in names:  # every invalid answer is kept, one line each
+        lines = (tmp_path / "invalid" / f"{name.replace(':', '-')}.jsonl").read_text().splitlines()
+        row = next(r for r in out["rows"] if r["candidate"] == name)
+        assert len(lines) == round(
+            6 * row["aflw2000/invalid_rate"] + 6 * row["biwi_hpdb/invalid_rate"] + 4 * row["grounding/invalid_rate"]
+        )
+    reg = register_merged(params, tmp_path / "evaluation.json", tmp_path / "merged", tmp_path / "registry.json")
+    assert [d["candidate"] for d in reg["decisions"]] == ["merge:layer_wta", "merge:task_arithmetic"]
+    client = mlflow.MlflowClient(params.tracking.resolved_uri())
+    assert str(client.get_model_version_by_alias("hpe-vlm", "candidate").version) == reg["decisions"][-1]["version"]
 
 
 def test_bad_lora_target_fails_before_training(parquet, tmp_path, monkeypatch):

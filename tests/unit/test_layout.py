@@ -28,6 +28,22 @@ def test_flow_runs_every_dvc_stage_and_paths_match():
         assert dvc[f"ingest@{name}"] == [str(layout.parquet_out(name)), str(layout.ingest_metrics(name))]
     for name in ("coco", "humanart"):
         assert dvc[f"ground_truth@{name}"] == [str(layout.ground_truth_out(name))]
+    assert dvc["pretrain_base"] == [str(layout.base_model()), str(layout.pretrain_metrics()),
+                                    str(layout.curve("pretrain_base"))]
+    for name in params.lora.adapters:
+        assert dvc[f"train_lora@{name}"] == [str(layout.adapter_out(name)), str(layout.lora_metrics(name)),
+                                             str(layout.curve(f"lora-{name}"))]
+    for method in params.merge.methods:
+        assert dvc[f"merge@{method}"] == [str(layout.merged_out(method)), str(layout.merge_metrics(method))]
+    assert set(dvc["evaluate"]) == {
+        str(layout.invalid_answers_dir()),
+        str(layout.evaluation_table()),
+        str(layout.eval_metrics_dir()),
+    }
+    assert dvc["register"] == [str(layout.registry_out())]
+    assert dvc["report"] == [str(layout.report_md()), str(layout.REPORTS / "figures")]
+    assert dvc["baseline"] == [str(layout.baseline_out()), str(layout.baseline_metrics()),
+                               str(layout.curve("baseline"))]
 
 
 def test_flow_order_is_topological():

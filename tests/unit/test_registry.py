@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import shutil
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -28,8 +28,14 @@ def test_gate_rules():
 
 
 def _row(name, kind, mae, acc):
-    return {"candidate": name, "kind": kind, "mean_mae": mae, "grounding/acc_iou50": acc,
-            "grounding/mean_iou": acc, "grounding/invalid_rate": 0.0}
+    return {
+        "candidate": name,
+        "kind": kind,
+        "mean_mae": mae,
+        "grounding/acc_iou50": acc,
+        "grounding/mean_iou": acc,
+        "grounding/invalid_rate": 0.0,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +47,11 @@ def tiny_model_dir(tmp_path_factory):
 def test_register_moves_aliases_by_the_gate(tmp_path, tiny_model_dir):
     data = tiny_params_dict()
     data["lora"]["adapters"] = {"hpe": {"rehearsal": 0.0}, "grounding": {"rehearsal": 1.0}}
-    data["merge"] = {"inputs": ["hpe", "grounding"], "weights": [1.0, 1.0],
-                     "methods": {"a": {}, "b": {"threshold": 0.9}, "c": {}}}
+    data["merge"] = {
+        "inputs": ["hpe", "grounding"],
+        "weights": [1.0, 1.0],
+        "methods": {"a": {}, "b": {"threshold": 0.9}, "c": {}},
+    }
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data["tracking"] = {"tracking_uri": uri, "experiment": "reg", "enabled": True}
     params = parse_params(data)
@@ -51,12 +60,18 @@ def test_register_moves_aliases_by_the_gate(tmp_path, tiny_model_dir):
     for m in ("a", "b", "c"):
         shutil.copytree(tiny_model_dir, merged / m)
     table = tmp_path / "evaluation.json"
-    table.write_text(json.dumps({"candidates": [
-        _row("base", "base", 9.0, 0.9),
-        _row("merge:a", "merged", 6.0, 0.85),   # champion: first, grounding kept
-        _row("merge:b", "merged", 3.0, 0.2),    # best MAE but forgot grounding: stays candidate only
-        _row("merge:c", "merged", 5.0, 0.95),   # beats a: takes champion
-    ]}))
+    table.write_text(
+        json.dumps(
+            {
+                "candidates": [
+                    _row("base", "base", 9.0, 0.9),
+                    _row("merge:a", "merged", 6.0, 0.85),  # champion: first, grounding kept
+                    _row("merge:b", "merged", 3.0, 0.2),  # best MAE but forgot grounding: stays candidate only
+                    _row("merge:c", "merged", 5.0, 0.95),  # beats a: takes champion
+                ]
+            }
+        )
+    )
     out = register_merged(params, table, merged, tmp_path / "registry.json")
     promoted = {d["candidate"]: d["promoted"] for d in out["decisions"]}
     assert promoted == {"merge:a": True, "merge:b": False, "merge:c": True}
@@ -77,8 +92,14 @@ def test_register_moves_aliases_by_the_gate(tmp_path, tiny_model_dir):
     buf = io.BytesIO()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(buf, format="PNG")
 
-    res = model.predict(pd.DataFrame([{"image": buf.getvalue(), "task": "headpose", "box": [10, 10, 40, 40]},
-                                      {"image": buf.getvalue(), "task": "grounding", "box": None}]))
+    res = model.predict(
+        pd.DataFrame(
+            [
+                {"image": buf.getvalue(), "task": "headpose", "box": [10, 10, 40, 40]},
+                {"image": buf.getvalue(), "task": "grounding", "box": None},
+            ]
+        )
+    )
     assert list(res.columns) == ["answer", "valid", "yaw", "pitch", "roll", "box"] and len(res) == 2
     with pytest.raises(ValueError, match="field 'box'"):
         model.predict(pd.DataFrame([{"image": buf.getvalue(), "task": "headpose", "box": None}]))

@@ -16,10 +16,10 @@ from pipeline.vlm.examples import (
     IGNORE_INDEX,
     collate,
     crop_example,
+    crop_row,
     examples_from_rows,
     generate_answers,
     grounding_example,
-    crop_row,
     random_crop,
     random_window,
 )

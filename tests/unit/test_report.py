@@ -1,0 +1,117 @@
+"""The report renders from a small fixed metrics set: every candidate, the published rows marked
+as published, the figures, findings computed from the numbers."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline import layout
+from pipeline.report import collect, render
+
+
+def _sets(mae_a, mae_b, inv=0.0):
+    def one(m):
+        return {
+            "n": 10,
+            "invalid_rate": inv,
+            "mae_yaw": m,
+            "mae_pitch": m + 1,
+            "mae_roll": m - 1,
+            "mae": m,
+            "maev": m,
+            "by_yaw_bin": [{"bin": "0-15", "n": 5, "mae": m - 1}, {"bin": "15-30", "n": 5, "mae": m + 1}],
+        }
+
+    return {"aflw2000": one(mae_a), "biwi_hpdb": one(mae_b)}
+
+
+def _row(name, kind, a, b, g, inv=0.0):
+    return {
+        "candidate": name,
+        "kind": kind,
+        "mean_mae": (a + b) / 2,
+        "grounding/acc_iou50": g,
+        "grounding/mean_iou": g,
+        "grounding/invalid_rate": 0.0,
+        **{f"{s}/{k}": v for s, m in _sets(a, b, inv).items() for k, v in m.items() if k != "by_yaw_bin"},
+    }
+
+
+def _write_metrics(root):
+    rows = [
+        _row("base", "base", 30.0, 32.0, 0.9),
+        _row("lora:hpe", "lora", 10.0, 12.0, 0.2),
+        _row("merge:layer_wta", "merged", 9.0, 11.0, 0.85),
+        _row("merge:ties", "merged", 20.0, 21.0, 0.8, 0.5),
+    ]
+    (root / layout.evaluation_table()).parent.mkdir(parents=True)
+    (root / layout.evaluation_table()).write_text(json.dumps({"candidates": rows}))
+    (root / layout.eval_metrics_dir()).mkdir()
+    for r in rows:
+        a, b = r["aflw2000/mae"], r["biwi_hpdb/mae"]
+        (root / layout.eval_metrics_dir() / f"{r['candidate'].replace(':', '-')}.json").write_text(
+            json.dumps({"candidate": r["candidate"], "kind": r["kind"], **_sets(a, b, r["aflw2000/invalid_rate"])})
+        )
+    (root / layout.baseline_metrics()).write_text(
+        json.dumps(
+            {"baseline": "6drepnet", "backbone": "small_cnn", "steps": 10, "final_loss": 0.1, "test": _sets(12.0, 14.0)}
+        )
+    )
+    merged = root / layout.merged_out("layer_wta")
+    merged.mkdir(parents=True)
+    (merged / "merge_decisions.json").write_text(
+        json.dumps(
+            {
+                "method": "layer_wta",
+                "params": {"threshold": 0.9},
+                "decisions": [
+                    {"group": "model.layers.0.q_proj", "action": "combine", "similarity": 0.95, "winner": None},
+                    {"group": "model.layers.0.v_proj", "action": "winner", "similarity": 0.1, "winner": 0},
+                ],
+            }
+        )
+    )
+    (root / layout.curve("pretrain_base")).parent.mkdir(parents=True)
+    (root / layout.curve("pretrain_base")).write_text(json.dumps([{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.0}]))
+    (root / layout.registry_out()).parent.mkdir(parents=True, exist_ok=True)
+    (root / layout.registry_out()).write_text(
+        json.dumps(
+            {
+                "model_name": "hpe-vlm",
+                "champion": "1",
+                "decisions": [{"candidate": "merge:layer_wta", "version": "1", "promoted": True, "reason": "first"}],
+            }
+        )
+    )
+
+
+def test_report_renders_every_candidate_and_marks_published_rows(tmp_path):
+    _write_metrics(tmp_path)
+    inputs = collect(tmp_path)
+    md_path = render(inputs, tmp_path / "reports", grounding_tolerance=0.1, notes=["Embedded default."])
+    md = md_path.read_text()
+    for name in ("base", "lora:hpe", "merge:layer_wta", "merge:ties", "6drepnet (CNN baseline)"):
+        assert f"| {name} |" in md
+    assert "| *6DRepNet (published)* | *3.63* | *4.91* | *3.37* | *3.97* | *3.24* | *4.48* | *2.68* | *3.47*" in md
+    # Findings are computed: best candidate, its change against the baseline, lost grounding, invalid answers.
+    assert "Lowest mean cross-dataset MAE: **merge:layer_wta** (10.00°)" in md
+    assert "23.1% lower mean MAE (10.00° vs 13.00°)" in md
+    assert "lora:hpe lost grounding" in md and "merge:ties gives invalid head-pose answers on 50%" in md
+    figures = sorted(p.name for p in (tmp_path / "reports" / "figures").glob("*.png"))
+    assert figures == [
+        "grounding_vs_headpose.png",
+        "invalid_answers.png",
+        "layer_wta_decisions.png",
+        "mae_by_yaw_bin.png",
+        "training_curves.png",
+    ]
+    for f in figures:
+        assert f"figures/{f}" in md
+    assert "| merge:layer_wta | 1 | yes | first |" in md
+
+
+def test_report_needs_the_evaluation_table(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="evaluation.json"):
+        collect(tmp_path)
