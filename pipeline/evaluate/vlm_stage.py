@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import layout
-from pipeline.atomic import atomic_dir, write_json_atomic
+from pipeline.atomic import write_json_atomic
 from pipeline.config import Params
 from pipeline.evaluate.headpose import headpose_metrics, mae_by_bin
 from pipeline.evaluate.vlm_answers import grounding_scores, mean_relative_box
@@ -154,6 +154,31 @@ def summary_row(name: str, kind: str, metrics: dict[str, Any], headpose_sets: li
     return row
 
 
+def evaluation_key(candidate: Candidate, questions: pa.Table, params: Params) -> str:
+    """What a candidate's scores depend on: its weights, the questions, how answers are generated."""
+    import hashlib
+
+    from pipeline.lineage import dvc_md5
+
+    digest = hashlib.sha256()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, questions.schema) as writer:
+        writer.write_table(questions)
+    digest.update(sink.getvalue().to_pybytes())
+    for folder in filter(None, (candidate.model_dir, candidate.adapter_dir)):
+        digest.update(dvc_md5(folder).encode())
+    settings = {"family": params.vlm.family, "max_new_tokens": params.evaluate.max_new_tokens, "kind": candidate.kind}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _cached(metrics_file: Path, invalid_file: Path, key: str) -> dict[str, Any] | None:
+    if not (metrics_file.is_file() and invalid_file.is_file()):
+        return None
+    data = json.loads(metrics_file.read_text())
+    return data if data.get("evaluation_key") == key else None
+
+
 def evaluate_vlm(
     params: Params,
     base: Path,
@@ -166,37 +191,52 @@ def evaluate_vlm(
 ) -> dict[str, Any]:
     """Evaluate every candidate; write per-candidate metrics, the table and the invalid answers.
 
+    A candidate whose scores on file were computed from the very same weights, questions and
+    generation settings (:func:`evaluation_key`) is not asked again: a threshold sweep of one
+    merge method re-evaluates that merge only. Files of candidates no longer configured are removed.
+
     Returns:
-        ``{"rows": [summary_row…], "questions": n}``.
+        ``{"rows": [summary_row…], "questions": n, "evaluated": [names], "reused": [names]}``.
     """
+    from pipeline.atomic import write_text_atomic
     from pipeline.vlm.stages import grounding_rows
 
     cfg = params.evaluate
+    metrics_dir, invalid_dir = Path(metrics_dir), Path(invalid_dir)
     questions = question_table(params, parquet_root)
     train_rows, _ = grounding_rows(params, parquet_root)
     constant = mean_relative_box(train_rows.select(["head_box", "frame_width", "frame_height"]).to_pylist())
-    rows, per_candidate, invalid_all = [], {}, {}
+    rows, evaluated, reused, keep = [], [], [], set()
     for cand in candidates(params, base, adapters, merged):
-        answers = answer_questions(
-            questions,
-            params.vlm.family,
-            cand,
-            engine=cfg.engine,
-            batch_size=cfg.batch_size,
-            workers=cfg.workers,
-            trust_remote_code=params.vlm.trust_remote_code,
-            max_new_tokens=cfg.max_new_tokens,
-            torch_threads=params.vlm.torch_threads,
-        )
-        metrics, invalid = score(questions, answers, params.vlm.family, constant)
-        per_candidate[cand.name] = {"candidate": cand.name, "kind": cand.kind, **metrics}
-        invalid_all[cand.name] = invalid
+        metrics_file, invalid_file = metrics_dir / f"{slug(cand.name)}.json", invalid_dir / f"{slug(cand.name)}.jsonl"
+        keep |= {metrics_file.name, invalid_file.name}
+        key = evaluation_key(cand, questions, params)
+        record = _cached(metrics_file, invalid_file, key)
+        if record is None:
+            answers = answer_questions(
+                questions,
+                params.vlm.family,
+                cand,
+                engine=cfg.engine,
+                batch_size=cfg.batch_size,
+                workers=cfg.workers,
+                trust_remote_code=params.vlm.trust_remote_code,
+                max_new_tokens=cfg.max_new_tokens,
+                torch_threads=params.vlm.torch_threads,
+            )
+            metrics, invalid = score(questions, answers, params.vlm.family, constant)
+            record = {"candidate": cand.name, "kind": cand.kind, "evaluation_key": key, **metrics}
+            # Invalid answers first: a file on disk with its key means both are complete.
+            write_text_atomic(invalid_file, "".join(json.dumps(r) + "\n" for r in invalid))
+            write_json_atomic(metrics_file, record)
+            evaluated.append(cand.name)
+        else:
+            reused.append(cand.name)
+        metrics = {k: v for k, v in record.items() if k not in ("candidate", "kind", "evaluation_key")}
         rows.append(summary_row(cand.name, cand.kind, metrics, cfg.headpose_sets))
-    with atomic_dir(Path(metrics_dir)) as tmp:
-        for name, m in per_candidate.items():
-            write_json_atomic(tmp / f"{slug(name)}.json", m)
-    with atomic_dir(Path(invalid_dir)) as tmp:
-        for name, invalid in invalid_all.items():
-            (tmp / f"{slug(name)}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in invalid))
+    for folder in (metrics_dir, invalid_dir):
+        for stale in folder.glob("*"):
+            if stale.name not in keep:
+                stale.unlink()
     write_json_atomic(table_path, {"candidates": rows})
-    return {"rows": rows, "questions": questions.num_rows}
+    return {"rows": rows, "questions": questions.num_rows, "evaluated": evaluated, "reused": reused}

@@ -83,9 +83,11 @@ def dense_low_rank_inners(tensor: torch.Tensor, factors: Sequence[LowRank]) -> l
     """
     bs = torch.cat([f.b for f in factors], dim=1)
     projected = torch.zeros(bs.shape[1], tensor.shape[1], dtype=torch.float64)
-    step = row_chunks(*tensor.shape).step
-    for start in row_chunks(*tensor.shape):
-        projected += (bs[start : start + step].T @ tensor[start : start + step].float()).double()
+    chunks = row_chunks(*tensor.shape)
+    buf = torch.empty(chunks.step, tensor.shape[1])
+    for start in chunks:
+        rows = tensor[start : start + chunks.step]
+        projected += (bs[start : start + chunks.step].T @ buf[: rows.shape[0]].copy_(rows)).double()
     inners, offset = [], 0
     for f in factors:
         k = f.b.shape[1]
@@ -147,13 +149,16 @@ def add_into_(weight: torch.Tensor, delta: Delta) -> None:
     if weight.dim() != 2:
         weight.copy_(weight.float() + dense(delta))
         return
-    step = row_chunks(*weight.shape).step
-    for start in row_chunks(*weight.shape):
-        rows = weight[start : start + step]
-        chunk = rows if rows.dtype == torch.float32 else rows.float()
+    chunks = row_chunks(*weight.shape)
+    # One float32 buffer reused for every chunk of a low-precision weight: a fresh tensor per
+    # chunk would cost a round of page faults each time.
+    buf = None if weight.dtype == torch.float32 else torch.empty(chunks.step, weight.shape[1])
+    for start in chunks:
+        rows = weight[start : start + chunks.step]
+        chunk = rows if buf is None else buf[: rows.shape[0]].copy_(rows)
         if isinstance(delta, LowRank):
-            chunk.addmm_(delta.b[start : start + step], delta.a)
+            chunk.addmm_(delta.b[start : start + chunks.step], delta.a)
         else:
-            chunk.add_(delta[start : start + step])
-        if chunk is not rows:
+            chunk.add_(delta[start : start + chunks.step])
+        if buf is not None:
             rows.copy_(chunk)

@@ -119,6 +119,7 @@ def test_pretrain_then_lora(parquet, tmp_path, monkeypatch):
     )
     names = [r["candidate"] for r in out["rows"]]
     assert names == ["base", "lora:hpe", "lora:grounding", "merge:layer_wta", "merge:task_arithmetic"]
+    assert out["evaluated"] == names
     per = json.loads((tmp_path / "eval" / "merge-layer_wta.json").read_text())
     assert per["aflw2000"]["n"] == 6 and per["biwi_hpdb"]["n"] == 6 and per["grounding"]["n"] == 4
     for name in names:  # every invalid answer is kept, one line each
@@ -127,6 +128,20 @@ def test_pretrain_then_lora(parquet, tmp_path, monkeypatch):
         assert len(lines) == round(
             6 * row["aflw2000/invalid_rate"] + 6 * row["biwi_hpdb/invalid_rate"] + 4 * row["grounding/invalid_rate"]
         )
+    # Nothing changed: every candidate's scores come from its cached file; same table.
+    table = (tmp_path / "evaluation.json").read_text()
+    again = evaluate_vlm(
+        params,
+        tmp_path / "base",
+        tmp_path / "adapters",
+        tmp_path / "merged",
+        tmp_path / "eval",
+        tmp_path / "evaluation.json",
+        tmp_path / "invalid",
+        parquet_root=parquet,
+    )
+    assert again["evaluated"] == [] and again["reused"] == names
+    assert (tmp_path / "evaluation.json").read_text() == table
     reg = register_merged(params, tmp_path / "evaluation.json", tmp_path / "merged", tmp_path / "registry.json")
     assert [d["candidate"] for d in reg["decisions"]] == ["merge:layer_wta", "merge:task_arithmetic"]
     client = mlflow.MlflowClient(params.tracking.resolved_uri())
