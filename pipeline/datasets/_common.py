@@ -15,6 +15,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from pipeline.datasets._matfile import check_mat_v5
 from pipeline.datasets.base import BadRecord, HeadPoseSample, LayoutError
 
 # scipy writes the creation time into a .mat header; a fixed text keeps same-seed writes
@@ -61,8 +62,10 @@ def load_mat(path: Path, rel: str) -> dict:
     """
     if not path.is_file():
         raise BadRecord(rel, "mat", "missing file")
+    data = path.read_bytes()
+    check_mat_v5(data, rel)  # a corrupt type code would crash scipy's reader outright (segfault)
     try:
-        return scipy.io.loadmat(str(path))
+        return scipy.io.loadmat(io.BytesIO(data))
     except Exception as e:  # MatReadError, ValueError, OSError, NotImplementedError (v7.3), …
         raise BadRecord(rel, "mat", f"cannot read .mat ({type(e).__name__}: {e})") from None
 
@@ -71,15 +74,18 @@ def mat_array(mat: dict, key: str, shape: tuple[int, int], rel: str, *, finite: 
     """``mat[key]`` as a float64 array of exactly ``shape`` (and all finite, unless ``finite=False``).
 
     Raises:
-        BadRecord: ``(rel, key, …)`` when the key is missing, not numeric, of another shape,
-            or holds NaN / inf.
+        BadRecord: ``(rel, key, …)`` when the key is missing, not a real-valued numeric array
+            (text, cell, struct, complex), of another shape, or holds NaN / inf.
     """
     if key not in mat:
         raise BadRecord(rel, key, "missing key")
-    try:
-        arr = np.asarray(mat[key], dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise BadRecord(rel, key, f"not numeric ({e})") from None
+    value = mat[key]
+    # Only integer / float (and logical, read as uint8) arrays: np.asarray would silently drop
+    # the imaginary part of a complex array and could turn a cell of numbers into numbers.
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf":
+        kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+        raise BadRecord(rel, key, f"not a real numeric array ({kind})")
+    arr = value.astype(np.float64)
     if arr.shape != shape:
         raise BadRecord(rel, key, f"shape {arr.shape}, expected {shape}")
     if finite:

@@ -280,8 +280,11 @@ def _npz_arrays(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.nda
         raise LayoutError(f"{path}: cannot read ({type(e).__name__}: {e}); expected {_EXPECTED_NPZ}") from None
     if image.ndim != 4 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise LayoutError(f"{path}: image is {image.dtype} {image.shape}; expected {_EXPECTED_NPZ}")
-    if pose.shape != (len(image), 3):
-        raise LayoutError(f"{path}: pose is {pose.shape} for {len(image)} images; expected {_EXPECTED_NPZ}")
+    if pose.shape != (len(image), 3) or pose.dtype.kind not in "iuf":
+        # Integer or float only: text would be parsed as numbers and complex would lose its imaginary part.
+        raise LayoutError(
+            f"{path}: pose is {pose.dtype} {pose.shape} for {len(image)} images; expected {_EXPECTED_NPZ}"
+        )
     return image, pose
 
 

@@ -16,7 +16,8 @@ category with keypoint names and the 1-based skeleton).
 The counted unit is the *person annotation*: :func:`list_items` returns one :class:`Item` per image
 with its valid annotations, and one :class:`Rejected` (``units=1``) per annotation that cannot be
 used (pointing to no image, keypoints of the wrong length or not finite numbers, a box of
-non-positive size or entirely outside its image, …).  Crowd annotations (``iscrowd=1``) are kept:
+non-positive size, entirely outside its image or reaching more than one image size past it, an
+id that does not fit in 64 bits, …).  Crowd annotations (``iscrowd=1``) are kept:
 ingestion leaves them out of training records, evaluation needs them in the ground truth.
 
 :func:`read_annotation_file` is the parser shared with HumanArt (same format plus an image
@@ -68,6 +69,12 @@ SPLITS = ("train", "val")
 
 # Synthetic image sizes: COCO's are mostly 640×480 landscape or portrait; ours are half that.
 _SYNTH_SIZES = ((320, 240), (240, 320), (320, 214))
+
+# Ids are stored in int64 Parquet columns: a larger integer cannot be written.
+_INT64 = (-(2**63), 2**63 - 1)
+# COCO writes boxes with two decimals; a side below this is corrupt, and a box of a subnormal
+# size makes the top-down crop box collapse to a point (division by zero in its mapping).
+_MIN_BOX_SIDE = 0.01
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,6 +142,32 @@ def _keypoint_problem(values, n_joints: int) -> str | None:
     bad_v = [v for v in values[2::3] if v not in (0, 1, 2)]
     if bad_v:
         return f"visibility flags must be 0, 1 or 2, got {bad_v[0]!r}"
+    return None
+
+
+def _is_int64(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and _INT64[0] <= x <= _INT64[1]
+
+
+def _beyond_image(x: float, y: float, width: int, height: int) -> bool:
+    """The point lies more than one image size outside the ``width``×``height`` image.
+
+    Boxes and keypoints may pass the border a little (people at the edge), never by a whole
+    image: such a value is corrupt, and a top-down crop around such a box would need a canvas
+    of its size (a MemoryError, or an OverflowError for a box near the float maximum), while
+    keypoints beyond the float32 range would turn into inf in the Parquet columns.
+    """
+    return not (-width <= x <= 2 * width and -height <= y <= 2 * height)
+
+
+def _far_keypoint(values: list, width: int, height: int) -> str | None:
+    """Why a flat ``[x, y, v, …]`` list has a point far outside the image, or ``None``."""
+    for j in range(0, len(values), 3):
+        if _beyond_image(values[j], values[j + 1], width, height):
+            return (
+                f"point {j // 3} ({values[j]}, {values[j + 1]}) lies more than one image size "
+                f"outside the {width}x{height} image"
+            )
     return None
 
 
@@ -214,7 +247,9 @@ def read_annotation_file(
             continue  # no usable id: no annotation can point to it, so it cannot hide any unit
         iid = img["id"]
         problem = None
-        if iid in images or iid in bad_images:
+        if not _is_int64(iid):
+            problem = (f"images[{i}].id", f"id {iid} does not fit in 64 bits")
+        elif iid in images or iid in bad_images:
             problem = (f"images[{i}].id", f"duplicate image id {iid}")
         elif not isinstance(img.get("file_name"), str) or not img["file_name"]:
             problem = (f"images[{i}].file_name", "missing file_name")
@@ -264,6 +299,9 @@ def read_annotation_file(
         if not isinstance(aid, int) or isinstance(aid, bool):
             reject(f"{where}.id", f"expected an integer id, got {aid!r}")
             continue
+        if not _is_int64(aid):
+            reject(f"{where}.id", f"id {aid} does not fit in 64 bits")
+            continue
         if aid in seen_ids:
             reject(f"{where}.id", f"duplicate annotation id {aid}")
             continue
@@ -298,13 +336,31 @@ def read_annotation_file(
         if bw <= 0 or bh <= 0:
             reject(f"{where}.bbox", f"non-positive size {bw}x{bh}")
             continue
+        if bw < _MIN_BOX_SIDE or bh < _MIN_BOX_SIDE:
+            reject(f"{where}.bbox", f"size {bw}x{bh} is below {_MIN_BOX_SIDE} pixel")
+            continue
         W, H = image["width"], image["height"]
         if x >= W or y >= H or x + bw <= 0 or y + bh <= 0:
             reject(f"{where}.bbox", f"box {bbox} lies entirely outside the {W}x{H} image")
             continue
+        if _beyond_image(x, y, W, H) or _beyond_image(x + bw, y + bh, W, H):
+            reject(f"{where}.bbox", f"box {bbox} reaches more than one image size outside the {W}x{H} image")
+            continue
+        far = _far_keypoint(ann["keypoints"], W, H)
+        if far:
+            reject(f"{where}.keypoints", far)
+            continue
+        far = _far_keypoint(kp21, W, H) if kp21 is not None else None
+        if far:
+            reject(f"{where}.keypoints_21", far)
+            continue
         area = ann.get("area")
-        if not _is_number(area) or not math.isfinite(area) or area < 0:
-            reject(f"{where}.area", f"expected a non-negative number, got {area!r}")
+        if not _is_number(area) or not math.isfinite(area) or area < 0 or area > 9 * W * H:
+            reject(
+                f"{where}.area",
+                f"expected a non-negative number within the image grown by its size on every side "
+                f"(at most {9 * W * H}), got {area!r}",
+            )
             continue
         iscrowd = ann.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
@@ -312,7 +368,7 @@ def read_annotation_file(
             continue
         kps = [float(v) for v in ann["keypoints"]]
         n_kp = ann.get("num_keypoints")
-        if not isinstance(n_kp, int) or isinstance(n_kp, bool) or n_kp < 0:
+        if not isinstance(n_kp, int) or isinstance(n_kp, bool) or not 0 <= n_kp <= NUM_COCO_KEYPOINTS:
             n_kp = sum(1 for v in kps[2::3] if v > 0)  # COCO's definition
         out.annotations.append({
             "id": aid,
