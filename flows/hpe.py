@@ -188,8 +188,16 @@ def candidate_table(table_path: Path) -> list[dict]:
 
 
 @flow(name="hpe", log_prints=True)
-def hpe(params_path: str = "params.yaml", workdir: str = ".", stages: list[str] | None = None) -> list[dict]:
-    """The whole pipeline. ``stages`` restricts the run to some stage names (DAG order kept)."""
+def hpe(
+    params_path: str = "params.yaml", workdir: str = ".", stages: list[str] | None = None, wait_for_lock_s: float = 0.0
+) -> list[dict]:
+    """The whole pipeline. ``stages`` restricts the run to some stage names (DAG order kept).
+
+    One run at a time per project (:mod:`pipeline.runlock`): while another run holds the
+    project's run lock this one fails at once naming it, or waits up to ``wait_for_lock_s``.
+    """
+    from pipeline.runlock import run_lock
+
     wd = Path(workdir).resolve()
     params = load_params(wd / params_path)
     names = stage_names(params)
@@ -198,33 +206,43 @@ def hpe(params_path: str = "params.yaml", workdir: str = ".", stages: list[str] 
         if unknown:
             raise ValueError(f"unknown stages {unknown}; valid: {names}")
         names = [n for n in names if n in stages]
-    results = [run_stage(name, params_path, str(wd)) for name in names]
+    # DVC's lock covers one stage command, not a run: overlapping runs would interleave stages.
+    log = get_run_logger()
+    with run_lock(wd, wait_s=wait_for_lock_s, flow_run_id=_flow_run_id(), log=log.info) as lock:
+        if lock.waited_s > 1:
+            log.info(f"got the run lock after {lock.waited_s:.0f} s")
+        results = [run_stage(name, params_path, str(wd)) for name in names]
 
-    create_markdown_artifact(
-        key="ingest-summary", markdown=ingest_markdown(wd, params), description="Dataset counts and quarantine summary"
-    )
-    create_table_artifact(
-        key="stage-timings",
-        table=[
-            {
-                "stage": r["stage"],
-                "seconds": round(r["seconds"], 2),
-                "peak_rss_mb": round(r["peak_rss_bytes"] / 2**20),
-                "skipped": r["skipped"],
-            }
-            for r in results
-        ],
-        description="Wall time and peak memory per stage",
-    )
-    table = wd / layout.evaluation_table()
-    if table.exists():
-        create_table_artifact(
-            key="candidates",
-            table=candidate_table(table),
-            description="Every candidate on the head-pose test sets and on grounding",
+        create_markdown_artifact(
+            key="ingest-summary",
+            markdown=ingest_markdown(wd, params),
+            description="Dataset counts and quarantine summary",
         )
-    report = wd / layout.report_md()
-    if report.exists():
-        create_markdown_artifact(key="report", markdown=report.read_text(), description="Results report")
-    write_json_atomic(wd / layout.run_summary(), {"flow_run_id": _flow_run_id(), "stages": results})
+        create_table_artifact(
+            key="stage-timings",
+            table=[
+                {
+                    "stage": r["stage"],
+                    "seconds": round(r["seconds"], 2),
+                    "peak_rss_mb": round(r["peak_rss_bytes"] / 2**20),
+                    "skipped": r["skipped"],
+                }
+                for r in results
+            ],
+            description="Wall time and peak memory per stage",
+        )
+        table = wd / layout.evaluation_table()
+        if table.exists():
+            create_table_artifact(
+                key="candidates",
+                table=candidate_table(table),
+                description="Every candidate on the head-pose test sets and on grounding",
+            )
+        report = wd / layout.report_md()
+        if report.exists():
+            create_markdown_artifact(key="report", markdown=report.read_text(), description="Results report")
+        write_json_atomic(
+            wd / layout.run_summary(),
+            {"flow_run_id": _flow_run_id(), "stages": results, "lock_wait_s": round(lock.waited_s, 2)},
+        )
     return results

@@ -133,3 +133,107 @@ def write_curve(tracking_uri: str | None, run_id: str | None, path: Path) -> lis
     rows = metric_history(tracking_uri, run_id) if tracking_uri and run_id else []
     write_json_atomic(path, rows)
     return rows
+
+
+# ---------------------------------------------------------------- losing the tracking server
+BUFFER_FILE = "mlflow_buffer.jsonl"
+
+
+class TrackingLostWarning(RuntimeWarning):
+    """MLflow stopped answering during a training run; its metrics went to a local buffer."""
+
+
+class TrackingBuffer:
+    """What could not reach the tracking server, one JSON line per record, to replay later.
+
+    Records: ``lost`` (the error, when it first happened), ``metric`` (key, value, timestamp,
+    step), ``tag`` and ``terminated`` (the run's final status). Each carries the run id and
+    tracking URI, so :func:`replay_tracking_buffer` needs nothing but the file. Lines are
+    appended and flushed: a crash can cut at most the last line, which replay skips.
+    """
+
+    def __init__(self, path: str | Path, tracking_uri: str, run_id: str):
+        self.path, self.tracking_uri, self.run_id = Path(path), tracking_uri, run_id
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        import json
+
+        base = {"run_id": self.run_id, "tracking_uri": self.tracking_uri}
+        with self.path.open("a") as f:
+            f.write("".join(json.dumps({**base, **r}) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def lost(self, error: BaseException | str, step: int | None = None) -> None:
+        import time
+
+        self.append([{"kind": "lost", "error": f"{error}"[:2000], "step": step, "time": time.time()}])
+
+    def metrics(self, metrics: list[Any]) -> None:
+        """``mlflow.entities.Metric`` objects."""
+        self.append(
+            [
+                {"kind": "metric", "key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+                for m in metrics
+            ]
+        )
+
+    def tag(self, key: str, value: str) -> None:
+        self.append([{"kind": "tag", "key": key, "value": value}])
+
+    def terminated(self, status: str) -> None:
+        import time
+
+        self.append([{"kind": "terminated", "status": status, "end_time": int(time.time() * 1000)}])
+
+
+def read_tracking_buffer(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a buffer file; a cut last line (the writer was killed mid-write) is skipped."""
+    import json
+
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def replay_tracking_buffer(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
+    """Send a buffer's metrics, tags and final status to the tracking server, then retire the file.
+
+    Replaying twice is harmless: MLflow's SQL stores skip a metric already logged with the
+    same key, step, timestamp and value. The file is renamed ``<name>.replayed`` once every
+    record went through; on an error it stays, and the error propagates.
+
+    Args:
+        path: the ``mlflow_buffer.jsonl`` (beside the training run's checkpoints).
+        tracking_uri: where to send it; default the URI the records name.
+
+    Returns:
+        Counts: ``metrics``, ``tags``, ``terminated`` (0 or 1 per run).
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    path = Path(path)
+    records = read_tracking_buffer(path)
+    counts = {"metrics": 0, "tags": 0, "terminated": 0}
+    runs = dict.fromkeys(r["run_id"] for r in records)
+    for run_id in runs:
+        mine = [r for r in records if r["run_id"] == run_id]
+        client = MlflowClient(tracking_uri or mine[0]["tracking_uri"])
+        metrics = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in mine if r["kind"] == "metric"]
+        tags = [RunTag(r["key"], r["value"]) for r in mine if r["kind"] == "tag"]
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        if tags:
+            client.log_batch(run_id, tags=tags)
+        if ends := [r for r in mine if r["kind"] == "terminated"]:
+            client.set_terminated(run_id, status=ends[-1]["status"], end_time=ends[-1]["end_time"])
+        counts["metrics"] += len(metrics)
+        counts["tags"] += len(tags)
+        counts["terminated"] += bool(ends)
+    path.replace(path.with_name(path.name + ".replayed"))
+    return counts

@@ -46,7 +46,13 @@ Every model of the project trains through :func:`train`; models differ only by t
    Within one call, ``cfg.max_failures > 0`` makes Ray restart dead workers from it too.
 7. **Logging**: rank 0 logs per-step loss, learning rate and samples/s (buffered, flushed every
    ``log_every`` steps) to the MLflow run the driver opened — params = the config, inputs =
-   the datasets named in ``tracking``; a resumed run reopens the same MLflow run. Every rank
+   the datasets named in ``tracking``; a resumed run reopens the same MLflow run. When the
+   tracking server stops answering (after MLflow's own retries, ``MLFLOW_HTTP_REQUEST_*``),
+   training goes on: rank 0 appends what it could not send to ``<run_dir>/mlflow_buffer.jsonl``
+   and stops calling the server; :func:`train` returns with ``tracking_lost=True`` and warns
+   (:class:`~pipeline.tracking.TrackingLostWarning`). The buffer is replayed by the next
+   :func:`train` call of the run, by the driver at the end when the server is back by then,
+   or by hand with :func:`pipeline.tracking.replay_tracking_buffer`. Every rank
    calls ``ray.train.report`` with each checkpoint (Ray makes a report wait for the previous
    one to be collected, so reporting every step would throttle the loop). The driver shows a
    tqdm bar when it runs on a terminal.
@@ -76,6 +82,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from pipeline.tracking import BUFFER_FILE
 from pipeline.train.config import RESUME_INVARIANT_FIELDS, TrainConfig
 
 if TYPE_CHECKING:
@@ -149,6 +156,9 @@ class TrainResult:
     checkpoint_dir: Path | None
     model_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    # MLflow stopped answering and what it missed is in ``tracking_buffer`` (see :func:`train`).
+    tracking_lost: bool = False
+    tracking_buffer: Path | None = None
 
 
 # ---------------------------------------------------------------- schedule and sampling
@@ -424,10 +434,12 @@ def _start_mlflow_run(
         run_id = id_file.read_text().strip()
         try:
             client.get_run(run_id)
-            client.update_run(run_id, status="RUNNING")
-            return uri, run_id
         except Exception:  # noqa: BLE001 — another tracking store: start a fresh run
             pass
+        else:
+            _replay_buffer(run_dir / BUFFER_FILE, uri)  # what the last call could not send
+            client.update_run(run_id, status="RUNNING")
+            return uri, run_id
     tags = {**lineage_tags(), **(tracking.get("tags") or {}), "task": type(task).__name__}
     run = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
@@ -457,6 +469,45 @@ def _start_mlflow_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run_id)
     return uri, run_id
+
+
+def _replay_buffer(buffer: Path, uri: str, warn: bool = True) -> bool:
+    """Replay a run's metric buffer if there is one; ``True`` when none is left. Never raises."""
+    import warnings
+
+    from pipeline.tracking import TrackingLostWarning, replay_tracking_buffer
+
+    if not buffer.exists():
+        return True
+    try:
+        replay_tracking_buffer(buffer, uri)
+        return True
+    except Exception as e:  # noqa: BLE001 — the server is still away: keep the file for later
+        if warn:
+            warnings.warn(TrackingLostWarning(f"could not replay {buffer} to {uri} yet: {e}"), stacklevel=3)
+        return False
+
+
+def _end_mlflow_run(uri: str, run_id: str, status: str, buffer: Path) -> None:
+    """Mark the MLflow run ended, after replaying what the workers buffered if the server is back.
+
+    Never raises: losing the tracking server must neither turn a finished training into a
+    failed call nor hide the real error of a failed one. What cannot be sent (the final
+    status included) goes to ``buffer``.
+    """
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import TrackingBuffer
+
+    try:
+        if not _replay_buffer(buffer, uri, warn=False):  # train() warns about the buffer left
+            raise ConnectionError(f"tracking server at {uri} still unreachable")
+        MlflowClient(uri).set_terminated(run_id, status=status)
+    except Exception as e:  # noqa: BLE001 — see the docstring
+        spill = TrackingBuffer(buffer, uri, run_id)
+        if not buffer.exists():
+            spill.lost(e)
+        spill.terminated(status)
 
 
 class _ConsoleProgress:
@@ -569,7 +620,17 @@ def train(
     t_preflight = time.time()
     tracking_uri = run_id = None
     if tracking is not None:
-        tracking_uri, run_id = _start_mlflow_run(tracking, cfg, task, run_name, run_dir)
+        try:
+            tracking_uri, run_id = _start_mlflow_run(tracking, cfg, task, run_name, run_dir)
+        except PreflightError:
+            raise
+        except Exception as e:  # noqa: BLE001 — MLflow raises several types for one cause
+            # Before any training: fail clearly rather than train a run nobody can find.
+            where = tracking.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+            raise PreflightError(
+                f"MLflow tracking at {where} cannot open the run: {e}. Start the tracking server, fix "
+                "tracking.tracking_uri / MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+            ) from e
     t_mlflow = time.time()
 
     use_gpu = torch.cuda.is_available()
@@ -589,6 +650,7 @@ def train(
                 "run_name": run_name,
                 "model_dir": str(out_dir / "model"),
                 "progress_file": str(run_dir / "progress.json"),
+                "tracking_buffer": str(run_dir / BUFFER_FILE),
                 "driver_timings": {
                     "preflight_s": t_preflight - t_called,
                     "mlflow_s": t_mlflow - t_preflight,
@@ -597,6 +659,9 @@ def train(
                 "t_fit": time.time(),
             }
             env = {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu"}
+            # The workers' MLflow client should give up on a dead server when the driver's does
+            # (retries, timeout), also on nodes whose environment the driver does not share.
+            env |= {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_REQUEST_")}
             trainer = TorchTrainer(
                 _train_loop_per_worker,
                 train_loop_config=loop_config,
@@ -622,9 +687,25 @@ def train(
         status = "FINISHED"
     finally:
         if run_id is not None:
-            import mlflow
+            _end_mlflow_run(tracking_uri, run_id, status, run_dir / BUFFER_FILE)
 
-            mlflow.MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+    buffer = run_dir / BUFFER_FILE
+    tracking_lost = run_id is not None and buffer.exists()
+    if tracking_lost:
+        import warnings
+
+        from pipeline.tracking import TrackingLostWarning, read_tracking_buffer
+
+        first = next((r for r in read_tracking_buffer(buffer) if r.get("kind") == "lost"), {})
+        warnings.warn(
+            TrackingLostWarning(
+                f"MLflow tracking of run {run_name!r} (run id {run_id} at {tracking_uri}) was lost at step "
+                f"{first.get('step')}: {first.get('error')}. Training finished and its checkpoints and model "
+                f"are saved; what MLflow missed is in {buffer}. Replay it once the server is back with "
+                f"pipeline.tracking.replay_tracking_buffer('{buffer}'), or call train() for this run again."
+            ),
+            stacklevel=2,
+        )
 
     m = dict(result.metrics or {})
     nan = float("nan")
@@ -640,6 +721,8 @@ def train(
         checkpoint_dir=Path(result.checkpoint.path) if result.checkpoint is not None else None,
         model_dir=out_dir / "model",
         metrics=m,
+        tracking_lost=tracking_lost,
+        tracking_buffer=buffer if tracking_lost else None,
     )
 
 
@@ -829,16 +912,28 @@ def _materialise(shard: Any, keys: list[str]) -> pa.Table:
 
 
 class _MlflowLogger:
-    """Rank 0's buffered MLflow metric writer (one ``log_batch`` per flush, not per step)."""
+    """Rank 0's buffered MLflow metric writer (one ``log_batch`` per flush, not per step).
 
-    def __init__(self, uri: str | None, run_id: str | None):
+    Losing the tracking server must not cost the training run: the first call that fails
+    (MLflow has already retried it) switches the logger to the local ``spill`` file
+    (:class:`~pipeline.tracking.TrackingBuffer`) for the rest of the run, instead of raising
+    in the middle of training or stalling every later flush on the same retries.
+    """
+
+    def __init__(self, uri: str | None, run_id: str | None, spill: str | None = None):
         self.run_id = run_id
         self.client = None
+        self.spill = None
+        self.lost = False
         if uri and run_id:
             from mlflow import MlflowClient
 
+            from pipeline.tracking import TrackingBuffer
+
             self.client = MlflowClient(uri)
+            self.spill = TrackingBuffer(spill, uri, run_id) if spill else None
         self.buffer: list[Any] = []
+        self.step: int | None = None
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self.client is None:
@@ -847,11 +942,42 @@ class _MlflowLogger:
 
         ts = int(time.time() * 1000)
         self.buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        self.step = step
+
+    def _lose(self, error: Exception) -> None:
+        if self.spill is None:
+            raise error  # nowhere to keep the records: fail as before
+        self.lost = True
+        self.spill.lost(error, self.step)
+        print(
+            f"WARNING: MLflow tracking lost at step {self.step}: {error}; training continues, "
+            f"metrics go to {self.spill.path}",
+            file=sys.stderr,
+        )
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.client is None:
+            return
+        if not self.lost:
+            try:
+                self.client.set_tag(self.run_id, key, value)
+                return
+            except Exception as e:  # noqa: BLE001 — whatever MLflow raised, training goes on
+                self._lose(e)
+        self.spill.tag(key, value)
 
     def flush(self) -> None:
-        if self.client is not None and self.buffer:
-            for i in range(0, len(self.buffer), 1000):  # MLflow's batch limit
-                self.client.log_batch(self.run_id, metrics=self.buffer[i : i + 1000])
+        if self.client is None or not self.buffer:
+            return
+        while self.buffer and not self.lost:
+            try:
+                self.client.log_batch(self.run_id, metrics=self.buffer[:1000])  # MLflow's batch limit
+            except Exception as e:  # noqa: BLE001 — whatever MLflow raised, training goes on
+                self._lose(e)
+                break
+            self.buffer = self.buffer[1000:]
+        if self.buffer:
+            self.spill.metrics(self.buffer)
             self.buffer = []
 
 
@@ -945,9 +1071,13 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     dtype = next(engine.module.parameters()).dtype
     t_ready = time.time()
 
-    logger = _MlflowLogger(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else _MlflowLogger(None, None)
-    if rank == 0 and resume_state is not None and logger.client is not None:
-        logger.client.set_tag(logger.run_id, "resumed_from_step", str(start_step))
+    logger = (
+        _MlflowLogger(config["tracking_uri"], config["mlflow_run_id"], config["tracking_buffer"])
+        if rank == 0
+        else _MlflowLogger(None, None)
+    )
+    if rank == 0 and resume_state is not None:
+        logger.set_tag("resumed_from_step", str(start_step))
     progress = Path(config["progress_file"]) if rank == 0 else None
 
     # ---- train

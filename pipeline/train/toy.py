@@ -6,12 +6,14 @@ collated into tensors and an MLP with dropout (so that resuming must replay the 
 regresses ``y``. Two testing hooks live here and nowhere in the loop: ``freeze`` (parameter
 name prefixes kept frozen, like a LoRA task freezes its base) and ``crash_on_call`` (the
 worker process dies with ``os._exit`` on that call of ``loss`` — a hard kill, not an
-exception — the first time only, so that a restarted run survives).
+exception — the first time only, so that a restarted run survives), and ``loss_delay_s``
+(a slower model, so that a fault test can act while a run is in flight).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,7 @@ class ToyRegression:
         crash_on_call: testing only — ``os._exit(1)`` on this call of :meth:`loss` in each
             worker process, unless ``crash_marker`` exists (it is created first).
         crash_marker: file marking that the crash already happened.
+        loss_delay_s: testing only — seconds each :meth:`loss` call sleeps.
     """
 
     dim: int = 8
@@ -83,6 +86,7 @@ class ToyRegression:
     freeze: tuple[str, ...] = ()
     crash_on_call: int | None = None
     crash_marker: str | None = None
+    loss_delay_s: float = 0.0
 
     required_columns = ("source_id", "x", "y")
 
@@ -114,6 +118,8 @@ class ToyRegression:
             if not marker.exists():
                 marker.write_text(str(os.getpid()))
                 os._exit(1)  # a hard kill: no exception handler, no cleanup, no report
+        if self.loss_delay_s:
+            time.sleep(self.loss_delay_s)
         pred = model(batch["x"])
         return nn.functional.mse_loss(pred.float(), batch["y"].float())
 
