@@ -55,6 +55,37 @@ def _raw(name: str, args: argparse.Namespace, seed: int) -> Path:
     raise SystemExit(f"unknown dataset {name}")
 
 
+def warm_up_ray(raws: dict[str, Path], params, settings: dict, tmp: Path) -> float:
+    """Start one Ray worker per CPU, then run one small Ray Data job per dataset; returns seconds.
+
+    The first job in a session starts Ray Data's internal actors and imports its modules in
+    the workers: start-up, not throughput, so the timed runs come after this.
+    """
+    import ray
+
+    t0 = time.perf_counter()
+
+    @ray.remote(num_cpus=1)
+    def _warm() -> int:
+        import pipeline.ingest  # noqa: F401
+
+        return os.getpid()
+
+    ray.get([_warm.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))])
+    for n, raw in raws.items():
+        ingest(
+            n,
+            raw,
+            tmp / f"{n}-small",
+            seed=params.seed,
+            crop_margin=params.ingest.dataset(n).crop_margin,
+            settings=settings,
+            engine="ray",
+            limit=16,
+        )
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="300w_lp,coco")
@@ -94,30 +125,7 @@ def main() -> None:
 
         plain = {n: run(n, "local") for n in names}
         with ray_session(settings.get("num_cpus")) as startup:
-            t0 = time.perf_counter()
-
-            @ray.remote(num_cpus=1)
-            def _warm() -> int:
-                import pipeline.ingest  # noqa: F401
-
-                return os.getpid()
-
-            ray.get([_warm.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))])
-            # One small Ray Data job first: the first job in a session starts Ray Data's
-            # internal actors and imports its modules in the workers (start-up, not throughput).
-            for n in names:
-                small = Path(tmp) / f"{n}-small"
-                ingest(
-                    n,
-                    raws[n],
-                    small,
-                    seed=params.seed,
-                    crop_margin=params.ingest.dataset(n).crop_margin,
-                    settings=settings,
-                    engine="ray",
-                    limit=16,
-                )
-            warm = time.perf_counter() - t0
+            warm = warm_up_ray(raws, params, settings, Path(tmp))
             cpus = ray.cluster_resources().get("CPU", 0)
             orchestrated = {n: run(n, "ray") for n in names}
 

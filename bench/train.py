@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.train import TrainConfig, train  # noqa: E402
@@ -77,6 +78,27 @@ def plain_loop(task: ToyRegression, table, cfg: TrainConfig) -> dict:
     }
 
 
+def toy_workload(args: argparse.Namespace, num_workers: int = 1) -> tuple[ToyRegression, pa.Table, TrainConfig]:
+    """The benchmark's task, rows and config from ``--dim/--hidden/--depth/--rows/--steps/--batch``.
+
+    ``batch`` is per worker: ``num_workers`` workers train on ``num_workers × batch`` samples a step.
+    """
+    task = ToyRegression(dim=args.dim, hidden=args.hidden, depth=args.depth)
+    table = make_toy_table(args.rows, dim=args.dim)
+    cfg = TrainConfig(
+        steps=args.steps,
+        micro_batch_size=args.batch,
+        lr=1e-3,
+        warmup_steps=min(10, args.steps),
+        zero_stage=0,
+        num_workers=num_workers,
+        cpus_per_worker=1,
+        checkpoint_every=args.steps,
+        log_every=50,
+    )
+    return task, table, cfg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
@@ -90,19 +112,7 @@ def main() -> None:
     ap.add_argument("--ray-default-niceness", action="store_true", help="keep Ray's workers at niceness 15")
     args = ap.parse_args()
 
-    task = ToyRegression(dim=args.dim, hidden=args.hidden, depth=args.depth)
-    table = make_toy_table(args.rows, dim=args.dim)
-    cfg = TrainConfig(
-        steps=args.steps,
-        micro_batch_size=args.batch,
-        lr=1e-3,
-        warmup_steps=min(10, args.steps),
-        zero_stage=0,
-        num_workers=1,
-        cpus_per_worker=1,
-        checkpoint_every=args.steps,
-        log_every=50,
-    )
+    task, table, cfg = toy_workload(args)
     n_params = sum(p.numel() for p in task.build_model().parameters())
     print(
         f"model: {n_params / 1e6:.2f} M parameters; batch {args.batch}; {args.steps} steps; 1 thread each; "

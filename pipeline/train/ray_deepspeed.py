@@ -371,9 +371,21 @@ def _check_resources(cfg: TrainConfig, use_gpu: bool) -> None:
     """On a local Ray, refuse a request that would wait forever for CPUs (or starve Ray Data)."""
     import ray
 
-    if os.environ.get("RAY_ADDRESS"):
-        return  # a cluster may autoscale: let Ray wait for nodes
     total = ray.cluster_resources().get("CPU", 0.0)
+    if os.environ.get("RAY_ADDRESS"):
+        # A cluster may autoscale: let Ray wait for nodes. But on a fixed cluster whose CPUs
+        # the workers take, Ray Data's Parquet read tasks wait forever (seen with two 1-CPU
+        # nodes and 2 workers × 1 CPU): say so, once, before that silent wait.
+        if not use_gpu and total - cfg.num_workers * cfg.cpus_per_worker < 1:
+            import warnings
+
+            warnings.warn(
+                f"num_workers × cpus_per_worker = {cfg.num_workers * cfg.cpus_per_worker:g} CPUs leaves "
+                f"{total - cfg.num_workers * cfg.cpus_per_worker:g} of the cluster's {total:g} for Ray Data: "
+                "reading Parquet will wait until the cluster gains a CPU (lower cpus_per_worker on a fixed cluster)",
+                stacklevel=3,
+            )
+        return
     if use_gpu:
         gpus = ray.cluster_resources().get("GPU", 0.0)
         if gpus < cfg.num_workers:
