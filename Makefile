@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test test-fast repro server serve stop lint lock bench clean
+.PHONY: install demo test test-fast repro server serve stop lint lock bench clean mlflow-server mlflow-stop worker worker-stop
 
 install: $(STAMP)
 
@@ -44,6 +44,20 @@ server: install
 
 stop:
 	@bash scripts/prefect_server.sh stop
+
+# MLflow tracking server backed by PostgreSQL, both on 127.0.0.1 (docs/cluster.md).
+mlflow-server: install
+	@bash scripts/mlflow_server.sh start
+
+mlflow-stop:
+	@bash scripts/mlflow_server.sh stop
+
+# Work pool hpe-pool + process worker running deployment hpe/full: the alternative to serve.
+worker: install
+	@bash scripts/prefect_worker.sh start
+
+worker-stop:
+	@bash scripts/prefect_worker.sh stop
 
 lint: install
 	$(BIN)/ruff check pipeline flows tests bench

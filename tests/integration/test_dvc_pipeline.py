@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -66,6 +67,40 @@ def test_mlflow_dataset_digest_is_the_dvc_lock_hash(repo):
         assert metrics["dvc_md5"] == md5
         inputs = by_dataset[name].inputs.dataset_inputs
         assert [i.dataset.digest for i in inputs] == [md5]
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def test_push_then_fresh_clone_and_pull_restores_every_output(repo, tmp_path_factory):
+    """The default remote from .dvc/config (`storage`: ../hpe-dvc-remote next to the repository):
+    `dvc push`, commit, `git clone` elsewhere, `dvc pull` → the same bytes, `dvc status` clean."""
+    path, _ = repo
+    # The committed config, resolved: a folder beside this copy (not a developer's remote).
+    remotes = _dvc(path, "remote", "list").split()
+    assert remotes[:3] == ["storage", str(path.parent / "hpe-dvc-remote"), "(default)"], remotes
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run([*git, "commit", "-qm", "pipeline outputs (dvc.lock)"], cwd=path, check=True)
+    _dvc(path, "push")
+    assert "in sync" in _dvc(path, "status", "--cloud")
+
+    # A sibling folder, so the clone's relative remote URL names the same remote.
+    clone = tmp_path_factory.mktemp("dvcclone")  # empty: git clones into it
+    assert clone.parent == path.parent
+    subprocess.run(["git", "clone", "-q", str(path), str(clone)], check=True)
+    assert not (clone / "data").exists() and not (clone / "models").exists()
+    _dvc(clone, "pull")
+    assert "up to date" in _dvc(clone, "status")
+
+    lock = yaml.safe_load((path / "dvc.lock").read_text())
+    outs = {o["path"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+    assert any(o.startswith("data/parquet/") for o in outs) and any(o.startswith("models/") for o in outs)
+    for out in sorted(outs):
+        assert _files(clone / out) == _files(path / out), out
 
 
 def test_second_repro_is_a_noop_and_one_param_reruns_one_branch(repo):

@@ -231,8 +231,14 @@ def _server_commands() -> list[tuple[str, str]]:
         base = ROOT / name
         files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.suffix in (".md", ".sh", ".py"))
         for path in files:
+            in_code = path.suffix != ".md"  # in Markdown only fenced code is a command; prose may name servers
             for line in path.read_text().splitlines():
-                if re.search(r"mlflow (ui|server)\b|prefect server start|ray start\b", line):
+                if path.suffix == ".md" and line.lstrip().startswith("```"):
+                    in_code = not in_code
+                    continue
+                if line.lstrip().startswith("#") and path.suffix != ".md":
+                    continue  # a shell or Python comment is prose too
+                if in_code and re.search(r"mlflow (ui|server)\b|prefect server start|ray start\b", line):
                     found.append((path.relative_to(ROOT).as_posix(), line.strip()))
     return found
 
