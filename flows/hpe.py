@@ -17,11 +17,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline import layout
+from pipeline import layout, stage_runners
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params, load_params
 from pipeline.datasets import DATASETS
 from pipeline.monitor import measure
+from pipeline.stage_runners import POSE_TRAIN_STAGES
 from pipeline.tracking import FLOW_RUN_ENV
 
 
@@ -32,8 +33,9 @@ def stage_names(params: Params) -> list[str]:
     gt = [f"ground_truth@{name}" for name in params.ingest.datasets if DATASETS[name].kind == "keypoints"]
     vlm = ["pretrain_base", *(f"train_lora@{name}" for name in params.lora.adapters)]
     merged = [f"merge@{method}" for method in params.merge.methods]
-    evaluate = ["evaluate", *(["register"] if params.registry.enabled else []), "report"]
-    return synth + ingest + gt + ["baseline"] + vlm + merged + evaluate
+    evaluate = ["evaluate", *(["register"] if params.registry.enabled else [])]
+    pose = [*POSE_TRAIN_STAGES, "pose_evaluate", *(["pose_register"] if params.pose.registry.enabled else [])]
+    return synth + ingest + gt + ["baseline"] + vlm + merged + evaluate + pose + ["report"]
 
 
 def _flow_run_id() -> str:
@@ -60,78 +62,11 @@ def _run_dvc(stage: str, workdir: Path, env: dict[str, str]) -> dict:
 
 
 def _run_direct(stage: str, params: Params, workdir: Path) -> dict:
-    from pipeline import stages
-    from pipeline.vlm import stages as vlm_stages
-
-    kind, _, name = stage.partition("@")
     cwd = Path.cwd()
-    os.chdir(workdir)
+    os.chdir(workdir)  # the runners resolve pipeline.layout's relative paths, as dvc.yaml's commands do
     try:
         with measure() as usage:
-            if kind == "synth":
-                stages.synth(params, name, layout.synth_out(name))
-            elif kind == "ingest":
-                raw_root = params.ingest.dataset(name).raw_root
-                stages.ingest_stage(params, name, raw_root, layout.parquet_out(name), layout.ingest_metrics(name))
-            elif kind == "ground_truth":
-                stages.ground_truth(params, name, params.ingest.dataset(name).raw_root, layout.ground_truth_out(name))
-            elif kind == "baseline":
-                stages.baseline_stage(
-                    params,
-                    layout.baseline_out(),
-                    layout.train_runs(),
-                    layout.baseline_metrics(),
-                    curve=layout.curve("baseline"),
-                )
-            elif kind == "pretrain_base":
-                vlm_stages.pretrain_base(
-                    params,
-                    layout.base_model(),
-                    layout.train_runs(),
-                    layout.pretrain_metrics(),
-                    curve=layout.curve("pretrain_base"),
-                )
-            elif kind == "train_lora":
-                vlm_stages.train_lora(
-                    params,
-                    name,
-                    layout.base_model(),
-                    layout.adapter_out(name),
-                    layout.train_runs(),
-                    layout.lora_metrics(name),
-                    curve=layout.curve(f"lora-{name}"),
-                )
-            elif kind == "merge":
-                vlm_stages.merge_stage(
-                    params,
-                    name,
-                    layout.base_model(),
-                    layout.adapters_root(),
-                    layout.merged_out(name),
-                    layout.merge_metrics(name),
-                )
-            elif kind == "evaluate":
-                from pipeline.evaluate.vlm_stage import evaluate_vlm
-
-                evaluate_vlm(
-                    params,
-                    layout.base_model(),
-                    layout.adapters_root(),
-                    layout.merged_root(),
-                    layout.eval_metrics_dir(),
-                    layout.evaluation_table(),
-                    layout.invalid_answers_dir(),
-                )
-            elif kind == "report":
-                from pipeline.report import report_stage
-
-                report_stage(params)
-            elif kind == "register":
-                from pipeline.registry import register_merged
-
-                register_merged(params, layout.evaluation_table(), layout.merged_root(), layout.registry_out())
-            else:
-                raise ValueError(f"unknown stage kind {kind!r}")
+            stage_runners.run_stage(stage, params)
     finally:
         os.chdir(cwd)
     return {"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes, "skipped": False}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -20,6 +22,16 @@ ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="params file")
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def _user_errors(*errors: type[Exception]) -> Iterator[None]:
+    """A stage's documented errors end the command with ``error: <message>`` and exit code 2
+    instead of a traceback (a KeyError's message loses the quotes ``str`` puts around it)."""
+    try:
+        yield
+    except errors as err:
+        _fail(str(err).strip("'\"") if isinstance(err, KeyError) else str(err))
 
 
 def _load(params_path: Path):
@@ -41,10 +53,8 @@ def synth(
     from pipeline import stages
 
     p = _load(params)
-    try:
+    with _user_errors(KeyError, ValueError):
         summary = stages.synth(p, name, out)
-    except (KeyError, ValueError) as err:
-        _fail(str(err).strip("'\""))
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -63,12 +73,8 @@ def ingest(
     from pipeline.ingest import IngestError
 
     p = _load(params)
-    try:
+    with _user_errors(LayoutError, IngestError, KeyError):
         summary = stages.ingest_stage(p, name, raw_root, out, metrics=metrics, engine=engine)
-    except (LayoutError, IngestError) as err:
-        _fail(str(err))
-    except KeyError as err:
-        _fail(str(err).strip("'\""))
     brief = {
         k: summary[k]
         for k in ("dataset", "counts_in", "kept", "filtered", "quarantined", "kept_by_split", "seconds", "dvc_md5")
@@ -90,12 +96,8 @@ def ground_truth(
     from pipeline.datasets.base import LayoutError
 
     p = _load(params)
-    try:
+    with _user_errors(LayoutError, ValueError, KeyError):
         summary = stages.ground_truth(p, name, raw_root, out)
-    except (LayoutError, ValueError) as err:
-        _fail(str(err))
-    except KeyError as err:
-        _fail(str(err).strip("'\""))
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -112,10 +114,8 @@ def pretrain_base(
     from pipeline.vlm import stages as vlm_stages
 
     p = _load(params)
-    try:
+    with _user_errors(PreflightError, FileNotFoundError, PermissionError):
         summary = vlm_stages.pretrain_base(p, out, runs, metrics, curve=curve)
-    except (PreflightError, FileNotFoundError, PermissionError) as err:
-        _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -134,12 +134,8 @@ def train_lora(
     from pipeline.vlm import stages as vlm_stages
 
     p = _load(params)
-    try:
+    with _user_errors(PreflightError, FileNotFoundError, PermissionError, KeyError):
         summary = vlm_stages.train_lora(p, name, base, out, runs, metrics, curve=curve)
-    except (PreflightError, FileNotFoundError, PermissionError) as err:
-        _fail(str(err))
-    except KeyError as err:
-        _fail(str(err).strip("'\""))
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -156,10 +152,8 @@ def train_baseline(
     from pipeline.train.ray_deepspeed import PreflightError
 
     p = _load(params)
-    try:
+    with _user_errors(PreflightError, FileNotFoundError, PermissionError):
         summary = stages.baseline_stage(p, out, runs, metrics, curve=curve)
-    except (PreflightError, FileNotFoundError, PermissionError) as err:
-        _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -176,12 +170,8 @@ def merge(
     from pipeline.vlm import stages as vlm_stages
 
     p = _load(params)
-    try:
+    with _user_errors(FileNotFoundError, ValueError, KeyError):
         summary = vlm_stages.merge_stage(p, method, base, adapters, out, metrics)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    except KeyError as err:
-        _fail(str(err).strip("'\""))
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -199,11 +189,61 @@ def evaluate(
     from pipeline.evaluate.vlm_stage import evaluate_vlm
 
     p = _load(params)
-    try:
+    with _user_errors(FileNotFoundError, ValueError):
         summary = evaluate_vlm(p, base, adapters, merged, metrics_dir, table, invalid)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
     typer.echo(json.dumps(summary["rows"], indent=2, default=str))
+
+
+@app.command("pose-train")
+def pose_train(
+    which: str = typer.Argument(..., help="original (ViTPose on COCO), finetune or vlpose (COCO + HumanArt)"),
+    out: Path = typer.Option(..., "--out", help="model folder (save_pretrained)"),
+    original: Path | None = typer.Option(None, "--original", help="the original ViTPose (finetune, vlpose)"),
+    runs: Path = typer.Option(Path("models/runs"), "--runs", help="checkpoints (resume)"),
+    metrics: Path | None = typer.Option(None, "--metrics", help="training summary JSON"),
+    curve: Path | None = typer.Option(None, "--curve", help="training curve JSON (dvc plots)"),
+    params: Path = ParamsOpt,
+) -> None:
+    """Train one 2D keypoint model of the VLPose comparison through Ray Train + DeepSpeed."""
+    from pipeline import stages
+    from pipeline.train.ray_deepspeed import PreflightError
+
+    p = _load(params)
+    with _user_errors(PreflightError, FileNotFoundError, PermissionError, ValueError, KeyError):
+        summary = stages.pose_train_stage(p, which, out, runs, original=original, metrics=metrics, curve=curve)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("pose-evaluate")
+def pose_evaluate(
+    models_root: Path = typer.Option(Path("models/pose"), "--models-root", help="original/, finetuned/, vlpose/"),
+    metrics_dir: Path = typer.Option(Path("metrics/pose"), "--metrics-dir", help="one JSON per model"),
+    predictions: Path = typer.Option(Path("reports/pose_predictions"), "--predictions", help="COCO results"),
+    params: Path = ParamsOpt,
+) -> None:
+    """COCO keypoint AP of each pose model on COCO val and HumanArt val, per domain and scene."""
+    from pipeline import stages
+
+    p = _load(params)
+    with _user_errors(FileNotFoundError, ValueError):
+        summary = stages.pose_evaluate_stage(p, models_root, metrics_dir, predictions)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("pose-register")
+def pose_register(
+    metrics_dir: Path = typer.Option(Path("metrics/pose"), "--metrics-dir", help="the pose evaluation's metrics"),
+    vlpose: Path = typer.Option(Path("models/pose/vlpose"), "--vlpose", help="the VLPose folder"),
+    out: Path = typer.Option(Path("reports/pose_registry.json"), "--out", help="gate decision JSON"),
+    params: Path = ParamsOpt,
+) -> None:
+    """Register VLPose in MLflow (alias candidate; champion behind the gate)."""
+    from pipeline import stages
+
+    p = _load(params)
+    with _user_errors(FileNotFoundError, ValueError):
+        summary = stages.pose_register_stage(p, metrics_dir, vlpose, out)
+    typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command("register")
@@ -219,10 +259,8 @@ def register(
     p = _load(params)
     if not p.registry.enabled:
         _fail("registry.enabled is false in params")
-    try:
+    with _user_errors(FileNotFoundError, ValueError):
         summary = register_merged(p, table, merged, out)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -232,10 +270,8 @@ def report(params: Path = ParamsOpt) -> None:
     from pipeline.report import report_stage
 
     p = _load(params)
-    try:
+    with _user_errors(FileNotFoundError):
         summary = report_stage(p)
-    except FileNotFoundError as err:
-        _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.pose2d.config import PoseConfig
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -265,6 +267,7 @@ class Params(_Strict):
     baseline: BaselineSection = Field(default_factory=dict)  # pipeline/baselines/config.py BaselineConfig
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    pose: PoseConfig = Field(default_factory=PoseConfig)  # VLPose (pipeline/pose2d/config.py)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")

@@ -87,6 +87,32 @@ def registry_out() -> Path:
     return REPORTS / "registry.json"
 
 
+def pose_models_root() -> Path:
+    return MODELS / "pose"
+
+
+def pose_model(name: str) -> Path:
+    """``original`` (ViTPose on COCO), ``finetuned`` or ``vlpose``."""
+    return pose_models_root() / name
+
+
+def pose_train_metrics(which: str) -> Path:
+    return METRICS / "pose_train" / f"{which}.json"
+
+
+def pose_metrics_dir() -> Path:
+    """COCO keypoint AP per model (``original.json``, ``finetuned.json``, ``vlpose.json``)."""
+    return METRICS / "pose"
+
+
+def pose_predictions() -> Path:
+    return REPORTS / "pose_predictions"
+
+
+def pose_registry_out() -> Path:
+    return REPORTS / "pose_registry.json"
+
+
 def synth_out(name: str) -> Path:
     return RAW / name
 

@@ -164,6 +164,23 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    _plt().close(fig)
+    return out
+
+
+def _grouped_bars(ax: Any, categories: Sequence[str], series: Mapping[str, Sequence[float]]) -> None:
+    """One bar per series beside each other within each category, categories as x labels."""
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([j + i * width for j in range(len(categories))], values, width=width, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))])
+    ax.set_xticklabels(categories, rotation=35, ha="right", fontsize=7)
+    ax.legend()
+
+
 def plot_bins(inputs: ReportInputs, out: Path) -> Path | None:
     """MAE by true-|yaw| bin, one line per candidate, one panel per test set."""
     if not inputs.per_candidate:
@@ -189,10 +206,7 @@ def plot_bins(inputs: ReportInputs, out: Path) -> Path | None:
         ax.set_xlabel("|yaw| bin (degrees)")
         ax.set_ylabel("mean MAE (degrees)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_tradeoff(rows: list[dict[str, Any]], out: Path) -> Path | None:
@@ -212,10 +226,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], out: Path) -> Path | None:
     ax.set_ylabel("mean head-pose MAE, degrees (lower is better)")
     if base:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_decisions(decisions: Mapping[str, Any], out: Path) -> Path | None:
@@ -238,10 +249,7 @@ def plot_decisions(decisions: Mapping[str, Any], out: Path) -> Path | None:
     ax.set_xticklabels([d["group"].replace("model.", "") for d in ds], rotation=90, fontsize=5)
     ax.set_ylabel("cosine similarity of the task deltas")
     ax.set_title("layer_wta: green = combined, blue = task 0 wins, orange = task 1 wins")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_invalid(rows: list[dict[str, Any]], sets: Sequence[str], out: Path) -> Path | None:
@@ -251,22 +259,10 @@ def plot_invalid(rows: list[dict[str, Any]], sets: Sequence[str], out: Path) -> 
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(vlm)), 4))
-    width = 0.8 / len(sets)
-    for i, s in enumerate(sets):
-        ax.bar(
-            [j + i * width for j in range(len(vlm))],
-            [100 * (r[s]["invalid_rate"] or 0.0) for r in vlm],
-            width=width,
-            label=_set_label(s),
-        )
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(vlm))])
-    ax.set_xticklabels([r["name"] for r in vlm], rotation=30, ha="right", fontsize=7)
+    series = {_set_label(s): [100 * (r[s]["invalid_rate"] or 0.0) for r in vlm] for s in sets}
+    _grouped_bars(ax, [r["name"] for r in vlm], series)
     ax.set_ylabel("invalid answers (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_curves(curves: Mapping[str, list[dict[str, float]]], out: Path) -> Path | None:
@@ -283,13 +279,41 @@ def plot_curves(curves: Mapping[str, list[dict[str, float]]], out: Path) -> Path
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 # ---------------------------------------------------------------- text
+def plot_keypoint_scenes(keypoints: Mapping[str, Mapping[str, Any]], out: Path) -> Path | None:
+    """COCO AP per HumanArt scene (and the COCO domain), one bar per pose model."""
+    scenes = sorted({s for m in keypoints.values() for s in m.get("scenes", {})})
+    if not scenes:
+        return None
+    columns = ["coco", *scenes]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(columns) * len(keypoints)), 4))
+    series = {}
+    for name, m in keypoints.items():
+        values = [(m.get("domains", {}) if c == "coco" else m.get("scenes", {})).get(c, {}).get("AP") for c in columns]
+        series[name] = [100 * (v or 0.0) for v in values]
+    _grouped_bars(ax, columns, series)
+    ax.set_ylabel("AP (%)")
+    return _save(fig, out)
+
+
+def keypoint_findings(keypoints: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """VLPose against the fine-tuned ViTPose per domain, read off the metrics files."""
+    vl, ft = keypoints.get("vlpose"), keypoints.get("finetuned")
+    if not vl or not ft:
+        return []
+    out = []
+    for domain in ("humanart", "coco"):
+        a, b = vl["domains"].get(domain, {}).get("AP"), ft["domains"].get(domain, {}).get("AP")
+        if a is not None and b is not None:
+            verdict = "above" if a > b else "below" if a < b else "equal to"
+            out.append(f"VLPose {domain} AP {100 * a:.2f} is {verdict} the fine-tuned ViTPose's {100 * b:.2f}.")
+    return out
+
+
 def findings(rows: list[dict[str, Any]], inputs: ReportInputs, tolerance: float | None) -> list[str]:
     """Plain statements read off the measured rows (no number here is typed in by hand)."""
     out = []
@@ -335,7 +359,8 @@ def _markdown(
     md = [f"# {title}", ""]
     md += [f"> {n}" for n in notes] + ([""] if notes else [])
     md += ["## What the numbers show", ""]
-    md += [f"* {f}" for f in findings(rows, inputs, grounding_tolerance)] or ["* No scored candidate yet."]
+    found = findings(rows, inputs, grounding_tolerance) + keypoint_findings(inputs.keypoints)
+    md += [f"* {f}" for f in found] or ["* No scored candidate yet."]
     md += [
         "",
         "## Cross-dataset head pose (trained on 300W-LP)",
@@ -371,7 +396,7 @@ def _markdown(
     if made["curves"]:
         md += ["## Training curves", "", "![curves](figures/training_curves.png)", ""]
     md += _registry_section(inputs.registry)
-    md += _keypoint_section(inputs.keypoints)
+    md += _keypoint_section(inputs.keypoints, made.get("scenes") is not None)
     return "\n".join(md) + "\n"
 
 
@@ -396,6 +421,7 @@ def render(
             "decisions": plot_decisions(inputs.decisions, figs / "layer_wta_decisions.png"),
             "invalid": plot_invalid(rows, inputs.headpose_sets, figs / "invalid_answers.png"),
             "curves": plot_curves(inputs.curves, figs / "training_curves.png"),
+            "scenes": plot_keypoint_scenes(inputs.keypoints, figs / "keypoint_ap_by_scene.png"),
         }
     write_text_atomic(out_dir / "report.md", _markdown(inputs, rows, made, title, grounding_tolerance, notes))
     return out_dir / "report.md"
@@ -447,7 +473,7 @@ def _registry_section(registry: Mapping[str, Any] | None) -> list[str]:
     return [*md, ""]
 
 
-def _keypoint_section(keypoints: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _keypoint_section(keypoints: Mapping[str, Mapping[str, Any]], has_plot: bool = False) -> list[str]:
     if not keypoints:
         return []
     domains = sorted({d for m in keypoints.values() for d in m.get("domains", {})})
@@ -473,7 +499,10 @@ def _keypoint_section(keypoints: Mapping[str, Mapping[str, Any]]) -> list[str]:
         )
     for name, figures in PUBLISHED_KEYPOINTS.items():
         md.append(f"| *{name}* | " + " | ".join(f"*{figures[d]:.2f}*" if d in figures else "—" for d in domains) + " |")
-    return [*md, ""]
+    md += ["", "AP in %, ground-truth boxes; *italic rows are published figures, not measured here*.", ""]
+    if has_plot:
+        md += ["![AP by scene](figures/keypoint_ap_by_scene.png)", ""]
+    return md
 
 
 def report_stage(params: Any, root: Path = Path("."), out_dir: Path = layout.REPORTS) -> dict[str, Any]:

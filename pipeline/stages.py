@@ -11,7 +11,17 @@ from pathlib import Path
 from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.config import Params
 
-__all__ = ["synth", "ground_truth", "ingest_stage", "baseline_stage", "resolve_dataset_name", "write_json_atomic"]
+__all__ = [
+    "synth",
+    "ground_truth",
+    "ingest_stage",
+    "baseline_stage",
+    "pose_train_stage",
+    "pose_evaluate_stage",
+    "pose_register_stage",
+    "resolve_dataset_name",
+    "write_json_atomic",
+]
 
 
 def synth(params: Params, name: str, out: str | Path) -> dict:
@@ -155,3 +165,62 @@ def baseline_stage(
     if curve is not None:
         write_curve(tracking and tracking["tracking_uri"], summary["mlflow_run_id"], Path(curve))
     return summary
+
+
+# ---------------------------------------------------------------- VLPose (pipeline/pose2d)
+def _pose_crop(params: Params):
+    from pipeline.pose2d.predict import CropSpec
+
+    # Detected boxes must be cut exactly as the ingestion cut the ground-truth ones.
+    return CropSpec.from_ingest(params.ingest.model_dump())
+
+
+def pose_train_stage(
+    params: Params,
+    which: str,
+    out: str | Path,
+    runs: str | Path,
+    *,
+    original: str | Path | None = None,
+    metrics: str | Path | None = None,
+    curve: str | Path | None = None,
+) -> dict:
+    """``original`` (ViTPose on COCO), ``finetune`` or ``vlpose`` (both on COCO + HumanArt from
+    the original): one training of :mod:`pipeline.pose2d.stages` with ``params.pose``."""
+    from pipeline import layout
+    from pipeline.pose2d.stages import pose_tracking, train_stage
+
+    tracking = pose_tracking(params.tracking, which, layout.PARQUET)
+    return train_stage(
+        which, params.pose, tracking, out, runs, layout.PARQUET, original=original, curve=curve, metrics=metrics
+    )
+
+
+def pose_evaluate_stage(
+    params: Params, models_root: str | Path, metrics_dir: str | Path, predictions: str | Path
+) -> dict:
+    """COCO keypoint AP of the original, fine-tuned and VLPose models per domain and scene."""
+    from pipeline import layout
+    from pipeline.pose2d.stages import POSE_MODELS, evaluate_pose
+
+    raw_roots = {d: params.ingest.datasets[d].raw_root for d in ("coco", "humanart") if d in params.ingest.datasets}
+    return evaluate_pose(
+        params.pose,
+        params.tracking,
+        {m: Path(models_root) / m for m in POSE_MODELS},
+        metrics_dir,
+        predictions,
+        layout.PARQUET,
+        layout.GROUND_TRUTH,
+        engine=params.evaluate.engine,
+        workers=params.evaluate.workers,
+        raw_roots=raw_roots,
+        crop=_pose_crop(params),
+    )
+
+
+def pose_register_stage(params: Params, metrics_dir: str | Path, vlpose: str | Path, out: str | Path) -> dict:
+    """VLPose into the MLflow registry as a candidate; champion only through the gate."""
+    from pipeline.pose2d.registry import register_vlpose
+
+    return register_vlpose(params.pose, params.tracking, metrics_dir, vlpose, None, out, crop=_pose_crop(params))

@@ -229,12 +229,14 @@ def predict_records(
     batch_size: int = 32,
     torch_threads: int | None = 1,
     blur_kernel: int | None = None,
+    workers: int = 1,
 ) -> list[dict]:
     """COCO results for every record of ``table``, in row order, from a model folder.
 
     ``engine="ray"``: Ray Data ``map_batches`` over one :class:`KeypointPredictor` actor (the
     model loaded once; Ray must be running or startable, see
     :func:`pipeline.raycluster.ray_session`); ``engine="local"``: the same predictor in a loop.
+    ``workers``: Ray Data actors (each loads the model once and uses ``torch_threads`` threads).
 
     Raises:
         ValueError: a missing column, an unknown engine, or a record that came back without a
@@ -260,7 +262,7 @@ def predict_records(
                 fn_constructor_kwargs=kwargs,
                 batch_size=batch_size,
                 batch_format="pyarrow",
-                concurrency=1,
+                concurrency=workers,
                 num_cpus=1,
             )
             parts = [ray.get(ref) for ref in ds.to_arrow_refs()]

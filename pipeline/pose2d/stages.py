@@ -487,6 +487,7 @@ def evaluate_pose(
     engine: str = "ray",
     raw_roots: Mapping[str, str | Path] | None = None,
     crop: Any = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """COCO keypoint AP of every model on COCO val and HumanArt val, with ground-truth boxes.
 
@@ -508,7 +509,8 @@ def evaluate_pose(
         metrics_dir, predictions_dir: output folders (files replaced atomically).
         parquet_root: ingested datasets (reads ``coco/val`` and ``humanart/val``).
         gt_root: ground truth (``<gt_root>/<domain>/<domain>_all.json`` …).
-        engine: ``ray`` (Ray Data, one actor loading the model once) or ``local`` (same code, a loop).
+        engine: ``ray`` (Ray Data actors, each loading the model once) or ``local`` (same code, a loop).
+        workers: Ray Data actors (``engine="ray"``).
         raw_roots: domain → raw dataset folder; needed only with ``cfg.detections`` (images are
             read by their ground-truth ``file_name``).
         crop: a :class:`~pipeline.pose2d.predict.CropSpec` (the ingestion's crop settings) for
@@ -555,7 +557,7 @@ def evaluate_pose(
             folder = resolve_model_dir(model_dir)
             if not (folder / "config.json").is_file() and not (folder / META_FILE).is_file():
                 raise FileNotFoundError(f"{folder}: not a pose model folder (model {name!r})")
-            preds = predict_records(folder, combined, engine=engine, batch_size=cfg.eval_batch_size)
+            preds = predict_records(folder, combined, engine=engine, batch_size=cfg.eval_batch_size, workers=workers)
             outputs = {key: preds[lo:hi] for key, (lo, hi) in bounds.items()}
             doc: dict[str, Any] = {
                 "model": name,

@@ -18,8 +18,9 @@ from tests.conftest import make_project_copy, subprocess_env, tiny_params_dict
 pytestmark = pytest.mark.integration
 
 
-def _dvc(repo, *args) -> str:
-    proc = subprocess.run(["dvc", *args], cwd=repo, env=subprocess_env(), capture_output=True, text=True)
+def _dvc(repo, *args, ray_env: dict[str, str] | None = None) -> str:
+    env = {**subprocess_env(), **(ray_env or {})}
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
@@ -29,9 +30,9 @@ def _ran(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo(tmp_path_factory, shared_ray_env):
     repo = make_project_copy(tmp_path_factory.mktemp("dvcproj"), tiny_params_dict())
-    out = _dvc(repo, "repro")
+    out = _dvc(repo, "repro", ray_env=shared_ray_env)
     return repo, out
 
 
@@ -103,18 +104,18 @@ def test_push_then_fresh_clone_and_pull_restores_every_output(repo, tmp_path_fac
         assert _files(clone / out) == _files(path / out), out
 
 
-def test_second_repro_is_a_noop_and_one_param_reruns_one_branch(repo):
+def test_second_repro_is_a_noop_and_one_param_reruns_one_branch(repo, shared_ray_env):
     path, _ = repo
-    out = _dvc(path, "repro")
+    out = _dvc(path, "repro", ray_env=shared_ray_env)
     assert _ran(out) == set(), out
     # A leaf dataset's crop: only its ingest reruns (nothing downstream reads biwi_npz).
     params = yaml.safe_load((path / "params.yaml").read_text())
     params["ingest"]["datasets"]["biwi_npz"]["crop_margin"] = [0.1, 0.1]
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _dvc(path, "repro")
+    out = _dvc(path, "repro", ray_env=shared_ray_env)
     assert _ran(out) == {"ingest@biwi_npz"}, out
     # The registry's gate tolerance: the gate and the report are redone, nothing is retrained.
     params["registry"]["grounding_tolerance"] = 0.2
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _dvc(path, "repro")
+    out = _dvc(path, "repro", ray_env=shared_ray_env)
     assert _ran(out) == {"register", "report"}, out

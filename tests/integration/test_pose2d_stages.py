@@ -78,7 +78,7 @@ def test_train_evaluate_register(ray_local, roots, tmp_path):
         size=TINY_SIZE,
         train_original=TRAIN,
         finetune=TRAIN,
-        train_vlpose=TRAIN,
+        train_vlpose={**TRAIN, "zero_stage": 2},  # the frozen original must survive ZeRO's partitioning
         vlpose={"num_heads": 2},
         eval_batch_size=8,
         detections={

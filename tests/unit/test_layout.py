@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from dvc.repo import Repo
 
 from flows.hpe import stage_names
 from pipeline import layout
 from pipeline.config import load_params
+from pipeline.pose2d.stages import POSE_MODELS
+from pipeline.stage_runners import POSE_TRAIN_STAGES, RUNNERS, run_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,11 +31,17 @@ def test_flow_runs_every_dvc_stage_and_paths_match():
         assert dvc[f"ingest@{name}"] == [str(layout.parquet_out(name)), str(layout.ingest_metrics(name))]
     for name in ("coco", "humanart"):
         assert dvc[f"ground_truth@{name}"] == [str(layout.ground_truth_out(name))]
-    assert dvc["pretrain_base"] == [str(layout.base_model()), str(layout.pretrain_metrics()),
-                                    str(layout.curve("pretrain_base"))]
+    assert dvc["pretrain_base"] == [
+        str(layout.base_model()),
+        str(layout.pretrain_metrics()),
+        str(layout.curve("pretrain_base")),
+    ]
     for name in params.lora.adapters:
-        assert dvc[f"train_lora@{name}"] == [str(layout.adapter_out(name)), str(layout.lora_metrics(name)),
-                                             str(layout.curve(f"lora-{name}"))]
+        assert dvc[f"train_lora@{name}"] == [
+            str(layout.adapter_out(name)),
+            str(layout.lora_metrics(name)),
+            str(layout.curve(f"lora-{name}")),
+        ]
     for method in params.merge.methods:
         assert dvc[f"merge@{method}"] == [str(layout.merged_out(method)), str(layout.merge_metrics(method))]
     assert set(dvc["evaluate"]) == {
@@ -42,8 +51,21 @@ def test_flow_runs_every_dvc_stage_and_paths_match():
     }
     assert dvc["register"] == [str(layout.registry_out())]
     assert dvc["report"] == [str(layout.report_md()), str(layout.REPORTS / "figures")]
-    assert dvc["baseline"] == [str(layout.baseline_out()), str(layout.baseline_metrics()),
-                               str(layout.curve("baseline"))]
+    for stage, (which, model) in POSE_TRAIN_STAGES.items():
+        assert dvc[stage] == [
+            str(layout.pose_model(model)),
+            str(layout.pose_train_metrics(which)),
+            str(layout.curve(f"pose-{which}")),
+        ]
+    assert dvc["pose_evaluate"] == [str(layout.pose_predictions())] + [
+        str(layout.pose_metrics_dir() / f"{m}.json") for m in POSE_MODELS
+    ]
+    assert dvc["pose_register"] == [str(layout.pose_registry_out())]
+    assert dvc["baseline"] == [
+        str(layout.baseline_out()),
+        str(layout.baseline_metrics()),
+        str(layout.curve("baseline")),
+    ]
 
 
 def test_flow_order_is_topological():
@@ -52,3 +74,12 @@ def test_flow_order_is_topological():
     for name, cfg in params.ingest.datasets.items():
         writer = next(s for s in order if s.startswith("synth@") and str(cfg.raw_root).endswith(s.split("@")[1]))
         assert order.index(writer) < order.index(f"ingest@{name}")
+
+
+def test_every_stage_kind_has_a_direct_runner_and_unknown_kinds_are_named():
+    params = load_params(ROOT / "params.yaml")
+    kinds = {stage.partition("@")[0] for stage in stage_names(params)}
+    assert kinds <= set(RUNNERS), kinds - set(RUNNERS)
+    assert set(RUNNERS) <= kinds  # no runner for a stage the DAG no longer has
+    with pytest.raises(ValueError, match=r"unknown stage kind 'trian_lora' in 'trian_lora@hpe'; known: .*train_lora"):
+        run_stage("trian_lora@hpe", params)

@@ -115,3 +115,27 @@ def test_report_needs_the_evaluation_table(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="evaluation.json"):
         collect(tmp_path)
+
+
+def test_keypoint_section_compares_the_three_pose_models(tmp_path):
+    _write_metrics(tmp_path)
+    stats = {"AP": None, "AP50": None, "AP75": None, "AR": None}
+
+    def doc(coco, humanart):
+        return {
+            "domains": {"coco": {**stats, "AP": coco}, "humanart": {**stats, "AP": humanart}},
+            "scenes": {"sketch": {**stats, "AP": humanart / 2}, "cartoon": {**stats, "AP": None}},
+        }
+
+    pose = tmp_path / layout.pose_metrics_dir()
+    pose.mkdir(parents=True)
+    for name, coco, art in (("original", 0.30, 0.10), ("finetuned", 0.28, 0.20), ("vlpose", 0.31, 0.25)):
+        (pose / f"{name}.json").write_text(json.dumps(doc(coco, art)))
+    md = render(collect(tmp_path), tmp_path / "reports").read_text()
+    section = md[md.index("## Keypoints") :]
+    for row in ("| original | 30.00 | 10.00 |", "| finetuned | 28.00 | 20.00 |", "| vlpose | 31.00 | 25.00 |"):
+        assert row in section
+    assert "*VLPose-B (published)*" in section or "(published)*" in section
+    assert "VLPose humanart AP 25.00 is above the fine-tuned ViTPose's 20.00." in md
+    assert "VLPose coco AP 31.00 is above the fine-tuned ViTPose's 28.00." in md
+    assert (tmp_path / "reports" / "figures" / "keypoint_ap_by_scene.png").stat().st_size > 0
