@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test test-fast repro server serve stop lint lock bench clean mlflow-server mlflow-stop worker worker-stop
+.PHONY: install demo test test-fast repro server serve stop lint lock bench bench-scale clean mlflow-server mlflow-stop worker worker-stop
 
 install: $(STAMP)
 
@@ -63,8 +63,15 @@ lint: install
 	$(BIN)/ruff check pipeline flows tests bench
 	$(BIN)/ruff format --check pipeline flows tests bench
 
+# Benchmarks print ratios against a plain baseline measured in the same run (README, Benchmarks).
 bench: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/merge.py
+	$(BIN)/python bench/pose2d.py
+
+bench-scale: install
+	$(BIN)/python bench/scale.py
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' > requirements/constraints.txt.new

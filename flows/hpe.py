@@ -116,10 +116,24 @@ def ingest_markdown(workdir: Path, params: Params) -> str:
     return "\n".join(lines)
 
 
-def candidate_table(table_path: Path) -> list[dict]:
-    """The evaluation table's rows, numbers rounded for the Prefect UI."""
-    rows = json.loads(table_path.read_text())["candidates"]
-    return [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+def _result_artifacts(workdir: Path, params: Params) -> None:
+    """Table artifacts of the results, built by the report's own code (same rows as reports/report.md)."""
+    from pipeline.report import candidate_records, collect, keypoint_records
+
+    if not (workdir / layout.evaluation_table()).exists():
+        return  # a run restricted to stages before `evaluate`
+    inputs = collect(workdir, params.evaluate.headpose_sets)
+    create_table_artifact(
+        key="candidates",
+        table=candidate_records(inputs),
+        description="Every candidate and the baseline on the head-pose test sets and on grounding; published rows marked",
+    )
+    if inputs.keypoints:
+        create_table_artifact(
+            key="keypoints",
+            table=keypoint_records(inputs.keypoints),
+            description="COCO keypoint AP/AP50/AP75/AR (%) per pose model and domain",
+        )
 
 
 @flow(name="hpe", log_prints=True)
@@ -166,13 +180,7 @@ def hpe(
             ],
             description="Wall time and peak memory per stage",
         )
-        table = wd / layout.evaluation_table()
-        if table.exists():
-            create_table_artifact(
-                key="candidates",
-                table=candidate_table(table),
-                description="Every candidate on the head-pose test sets and on grounding",
-            )
+        _result_artifacts(wd, params)
         report = wd / layout.report_md()
         if report.exists():
             create_markdown_artifact(key="report", markdown=report.read_text(), description="Results report")

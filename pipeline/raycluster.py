@@ -11,6 +11,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+DRIVER_CWD_ENV = "HPE_DRIVER_CWD"
+
+
+def enter_driver_cwd() -> None:
+    """Ray worker set-up hook: work in the driver's folder, so relative paths mean the same."""
+    path = os.environ.get(DRIVER_CWD_ENV)
+    if not path:
+        return
+    try:
+        os.chdir(path)
+    except OSError as err:  # that folder is not on this node: absolute paths still work
+        import logging
+
+        logging.getLogger(__name__).warning("cannot enter the driver's folder %s on this node: %s", path, err)
+
 
 @contextmanager
 def ray_session(num_cpus: int | None = None) -> Iterator[float]:
@@ -29,7 +44,15 @@ def ray_session(num_cpus: int | None = None) -> Iterator[float]:
     address = os.environ.get("RAY_ADDRESS")
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     if address:
-        ray.init(address=address, **common)
+        # Workers of a cluster started elsewhere (`ray start`) run in the raylet's folder, not
+        # ours: every relative path a stage hands them (raw files, Parquet, model folders,
+        # checkpoints) would miss. Each worker of this job enters our folder first; on a real
+        # cluster the project sits at the same path on every machine (docs/cluster.md).
+        runtime_env = {
+            "env_vars": {DRIVER_CWD_ENV: os.getcwd()},
+            "worker_process_setup_hook": f"{__name__}.enter_driver_cwd",
+        }
+        ray.init(address=address, runtime_env=runtime_env, **common)
     else:
         # The object store only has to hold a few batches of JPEGs in flight; a small store
         # keeps start-up fast and leaves memory to the workers.

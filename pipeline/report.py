@@ -282,6 +282,58 @@ def plot_curves(curves: Mapping[str, list[dict[str, float]]], out: Path) -> Path
     return _save(fig, out)
 
 
+# ---------------------------------------------------------------- records (Prefect table artifacts)
+def _round(v: Any, digits: int = 2) -> Any:
+    return round(v, digits) if isinstance(v, float) else v
+
+
+def candidate_records(inputs: ReportInputs) -> list[dict[str, Any]]:
+    """The cross-dataset table as flat rows: every measured candidate, the baseline, then the
+    published figures (``kind: published``), for a table artifact in the Prefect UI."""
+    records = []
+    for r in headpose_rows(inputs):
+        rec: dict[str, Any] = {"candidate": r["name"], "kind": r["kind"]}
+        for s in inputs.headpose_sets:
+            rec[f"{_set_label(s)} MAE"] = _round(r[s]["mae"])
+            rate = r[s]["invalid_rate"]
+            rec[f"{_set_label(s)} invalid %"] = None if rate is None else round(100 * rate, 1)
+        rec["mean MAE"] = _round(r["mean_mae"])
+        rec["grounding acc@0.5"] = _round(r["grounding"])
+        records.append(rec)
+    for name, figures in PUBLISHED_HEADPOSE.items():
+        rec = {"candidate": name, "kind": "published"}
+        maes = []
+        for s in inputs.headpose_sets:
+            mae = figures.get(_published_key(s), (None,) * 4)[3]
+            rec[f"{_set_label(s)} MAE"], rec[f"{_set_label(s)} invalid %"] = mae, None
+            maes.append(mae)
+        rec["mean MAE"] = None if None in maes else round(sum(maes) / len(maes), 2)
+        rec["grounding acc@0.5"] = None
+        records.append(rec)
+    return records
+
+
+KEYPOINT_STATS = ("AP", "AP50", "AP75", "AR")
+
+
+def keypoint_records(keypoints: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """COCO AP/AP50/AP75/AR (in %) per pose model and domain, with ground-truth boxes and, where
+    the user gave detections, with detected boxes."""
+    records = []
+    for model, m in keypoints.items():
+        for boxes, domains in (
+            ("ground truth", m.get("domains", {})),
+            ("detected", m.get("detected", {}).get("domains", {})),
+        ):
+            for domain, stats in domains.items():
+                rec = {"model": model, "domain": domain, "boxes": boxes}
+                for k in KEYPOINT_STATS:
+                    v = stats.get(k)
+                    rec[k] = None if v is None else round(100 * v, 2)
+                records.append(rec)
+    return records
+
+
 # ---------------------------------------------------------------- text
 def plot_keypoint_scenes(keypoints: Mapping[str, Mapping[str, Any]], out: Path) -> Path | None:
     """COCO AP per HumanArt scene (and the COCO domain), one bar per pose model."""
@@ -500,6 +552,16 @@ def _keypoint_section(keypoints: Mapping[str, Mapping[str, Any]], has_plot: bool
     for name, figures in PUBLISHED_KEYPOINTS.items():
         md.append(f"| *{name}* | " + " | ".join(f"*{figures[d]:.2f}*" if d in figures else "—" for d in domains) + " |")
     md += ["", "AP in %, ground-truth boxes; *italic rows are published figures, not measured here*.", ""]
+    records = keypoint_records(keypoints)
+    if records:
+        md += ["| model | domain | boxes | " + " | ".join(KEYPOINT_STATS) + " |", "|---|---|---|" + "---:|" * 4]
+        for r in records:
+            md.append(
+                f"| {r['model']} | {r['domain']} | {r['boxes']} | "
+                + " | ".join(_fmt(r[k]) for k in KEYPOINT_STATS)
+                + " |"
+            )
+        md.append("")
     if has_plot:
         md += ["![AP by scene](figures/keypoint_ap_by_scene.png)", ""]
     return md

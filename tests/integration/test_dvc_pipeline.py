@@ -104,6 +104,71 @@ def test_push_then_fresh_clone_and_pull_restores_every_output(repo, tmp_path_fac
         assert _files(clone / out) == _files(path / out), out
 
 
+def test_vlm_artifacts_load_the_way_users_load_them(repo, monkeypatch):
+    """pretrain_base → LoRA → merges → evaluation → registry, as `dvc repro` left them: the
+    models load through the family and PEFT, only adapter weights trained, every invalid answer
+    kept, the evaluation reuses unchanged candidates, MLflow holds the runs and the aliases."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from pipeline import layout
+    from pipeline.evaluate.vlm_stage import evaluate_vlm
+    from pipeline.vlm.families import get_family
+
+    path, _ = repo
+    params = parse_params(yaml.safe_load((path / "params.yaml").read_text()))
+    family = get_family("tiny")
+    model, _ = family.load(path / layout.base_model())
+    pre = json.loads((path / layout.pretrain_metrics()).read_text())
+    assert {"n", "acc_iou50", "acc_iou75", "mean_iou", "invalid_rate", "constant_box_acc_iou50"} <= set(
+        pre["heldout"]["grounding"]
+    )
+    weights = load_file(path / layout.adapter_out("hpe") / "adapter_model.safetensors")
+    assert weights and all("lora_A" in k or "lora_B" in k for k in weights)
+    assert any(float(v.abs().sum()) > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at 0: it trained
+    peft = PeftModel.from_pretrained(model, str(path / layout.adapter_out("hpe")))
+    assert peft.peft_config["default"].r == params.lora.r
+    assert {"grounding", "headpose"} <= set(json.loads((path / layout.lora_metrics("hpe")).read_text())["heldout"])
+    for method in params.merge.methods:
+        assert (path / layout.merged_out(method) / "merge_decisions.json").exists()
+        family.load(path / layout.merged_out(method))  # a full model folder
+
+    rows = json.loads((path / layout.evaluation_table()).read_text())["candidates"]
+    names = [r["candidate"] for r in rows]
+    assert names == ["base", "lora:hpe", "lora:grounding", "merge:layer_wta", "merge:task_arithmetic"]
+    per = json.loads((path / layout.eval_metrics_dir() / "merge-layer_wta.json").read_text())
+    assert per["aflw2000"]["n"] == 6 and per["biwi_hpdb"]["n"] == 6 and per["grounding"]["n"] == 4
+    for row in rows:  # every invalid answer is kept, one line each
+        lines = (path / layout.invalid_answers_dir() / f"{row['candidate'].replace(':', '-')}.jsonl").read_text()
+        assert len(lines.splitlines()) == round(
+            6 * row["aflw2000/invalid_rate"] + 6 * row["biwi_hpdb/invalid_rate"] + 4 * row["grounding/invalid_rate"]
+        )
+    # Nothing changed: every candidate's scores come from its stored file; the same table.
+    monkeypatch.chdir(path)
+    table = layout.evaluation_table().read_text()
+    again = evaluate_vlm(
+        params,
+        layout.base_model(),
+        layout.adapters_root(),
+        layout.merged_root(),
+        layout.eval_metrics_dir(),
+        layout.evaluation_table(),
+        layout.invalid_answers_dir(),
+    )
+    assert again["evaluated"] == [] and again["reused"] == names
+    assert layout.evaluation_table().read_text() == table
+
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    lora_runs = [r for r in mlflow.search_runs(experiment_names=["hpe"], output_format="list")
+                 if r.data.tags.get("stage", "").startswith("train_lora@")]  # fmt: skip
+    assert lora_runs and all("loss" in r.data.metrics and r.data.params for r in lora_runs)
+    assert all([i.dataset.name for i in r.inputs.dataset_inputs] == ["300w_lp"] for r in lora_runs)
+    reg = json.loads((path / layout.registry_out()).read_text())
+    assert [d["candidate"] for d in reg["decisions"]] == ["merge:layer_wta", "merge:task_arithmetic"]
+    assert str(client.get_model_version_by_alias("hpe-vlm", "candidate").version) == reg["decisions"][-1]["version"]
+
+
 def test_second_repro_is_a_noop_and_one_param_reruns_one_branch(repo, shared_ray_env):
     path, _ = repo
     out = _dvc(path, "repro", ray_env=shared_ray_env)

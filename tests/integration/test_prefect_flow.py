@@ -13,7 +13,9 @@ from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.hpe import hpe
+from pipeline.report import collect, render
 from tests.conftest import make_project_copy, subprocess_env, tiny_params_dict
+from tests.unit.test_report import _write_metrics, _write_pose_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -82,5 +84,18 @@ def test_flow_direct_mode_calls_stage_functions(harness, tmp_path, monkeypatch):
     m = json.loads((repo / "metrics" / "ingest" / "aflw2000.json").read_text())
     assert m["counts_in"] == 40 and m["kept"] + m["filtered"] + m["quarantined"] == 40
     assert not (repo / "dvc.lock").exists()  # DVC was not involved
+    # No evaluation yet: no result artifacts (the run above was restricted to two stages).
+    assert not asyncio.run(_artifact("candidates"))
+
+    # With results on disk (a fixed metrics set), the run publishes them as artifacts.
+    _write_metrics(repo)
+    _write_pose_metrics(repo)
+    render(collect(repo), repo / "reports")
+    hpe(params_path="params.yaml", workdir=str(repo), stages=["synth@aflw2000"])
+    candidates = asyncio.run(_artifact("candidates"))[0].data
+    for name in ("merge:layer_wta", "6drepnet (CNN baseline)", "6DRepNet (published)"):
+        assert name in candidates
+    assert "detected" in asyncio.run(_artifact("keypoints"))[0].data
+    assert "## Keypoints (VLPose)" in asyncio.run(_artifact("report"))[0].data
     with pytest.raises(ValueError, match="unknown stages"):
         hpe(params_path="params.yaml", workdir=str(repo), stages=["ingest@nope"])

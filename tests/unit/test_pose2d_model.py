@@ -152,3 +152,30 @@ def test_tasks_pickle_and_fail_fast_on_a_missing_model(vlpose_run, tmp_path):
         VLPoseTask(base_dir=task.base_dir, vlpose={"text_dim": 512}).preflight()
     metrics = vlpose_run["task"].metrics(vlpose_run["model"], vlpose_run["batch"])
     assert set(metrics) == {"keypoint_error_px", "original_keypoint_error_px"}
+
+
+def test_matcher_and_dual_decoder_shapes():
+    """R keeps the image tokens' shape; the twin decoder gives the original's heatmap shape, one
+    injector per decoder stage, each as wide as its stage; a width the heads cannot split is refused."""
+    from pipeline.pose2d.matcher import RelationMatcher
+    from pipeline.pose2d.vitpose import backbone_tokens, decoder_stages, stage_channels
+
+    matcher = RelationMatcher(hidden_size=64, text_dim=384, num_heads=4, num_text_tokens=3)
+    tokens, text = torch.randn(2, 48, 64), torch.randn(2, 384)
+    assert matcher.text_tokens(text).shape == (2, 3, 64)
+    assert matcher(tokens, text).shape == (2, 48, 64)
+    with pytest.raises(ValueError, match="not a multiple of num_heads"):
+        RelationMatcher(hidden_size=30, text_dim=384, num_heads=4, num_text_tokens=1)
+
+    size = ViTPoseSize(**TINY_SIZE)
+    original = build_vitpose(size)
+    model = VLPoseModel(original).eval()
+    pixels = torch.randn(2, 3, size.image_height, size.image_width)
+    with torch.no_grad():
+        n_tokens = backbone_tokens(original, pixels).shape[1]
+        assert n_tokens == (size.image_height // 16) * (size.image_width // 16)
+        heatmaps = model(pixels, torch.randn(2, 384))
+        assert heatmaps.shape == model(pixels, inject=False).shape == original(pixels).heatmaps.shape
+    assert heatmaps.shape == (2, 17, size.image_height // 4, size.image_width // 4)
+    assert len(model.injectors) == len(decoder_stages(original.head)) == len(stage_channels(original.head))
+    assert [inj.in_channels for inj in model.injectors] == list(stage_channels(original.head))

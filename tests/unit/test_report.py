@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from pipeline import layout
-from pipeline.report import collect, render
+from pipeline.report import candidate_records, collect, keypoint_records, render
 
 
 def _sets(mae_a, mae_b, inv=0.0):
@@ -44,9 +44,9 @@ def _write_metrics(root):
         _row("merge:layer_wta", "merged", 9.0, 11.0, 0.85),
         _row("merge:ties", "merged", 20.0, 21.0, 0.8, 0.5),
     ]
-    (root / layout.evaluation_table()).parent.mkdir(parents=True)
+    (root / layout.evaluation_table()).parent.mkdir(parents=True, exist_ok=True)
     (root / layout.evaluation_table()).write_text(json.dumps({"candidates": rows}))
-    (root / layout.eval_metrics_dir()).mkdir()
+    (root / layout.eval_metrics_dir()).mkdir(exist_ok=True)
     for r in rows:
         a, b = r["aflw2000/mae"], r["biwi_hpdb/mae"]
         (root / layout.eval_metrics_dir() / f"{r['candidate'].replace(':', '-')}.json").write_text(
@@ -58,7 +58,7 @@ def _write_metrics(root):
         )
     )
     merged = root / layout.merged_out("layer_wta")
-    merged.mkdir(parents=True)
+    merged.mkdir(parents=True, exist_ok=True)
     (merged / "merge_decisions.json").write_text(
         json.dumps(
             {
@@ -71,7 +71,7 @@ def _write_metrics(root):
             }
         )
     )
-    (root / layout.curve("pretrain_base")).parent.mkdir(parents=True)
+    (root / layout.curve("pretrain_base")).parent.mkdir(parents=True, exist_ok=True)
     (root / layout.curve("pretrain_base")).write_text(json.dumps([{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.0}]))
     (root / layout.registry_out()).parent.mkdir(parents=True, exist_ok=True)
     (root / layout.registry_out()).write_text(
@@ -128,7 +128,7 @@ def test_keypoint_section_compares_the_three_pose_models(tmp_path):
         }
 
     pose = tmp_path / layout.pose_metrics_dir()
-    pose.mkdir(parents=True)
+    pose.mkdir(parents=True, exist_ok=True)
     for name, coco, art in (("original", 0.30, 0.10), ("finetuned", 0.28, 0.20), ("vlpose", 0.31, 0.25)):
         (pose / f"{name}.json").write_text(json.dumps(doc(coco, art)))
     md = render(collect(tmp_path), tmp_path / "reports").read_text()
@@ -139,3 +139,39 @@ def test_keypoint_section_compares_the_three_pose_models(tmp_path):
     assert "VLPose humanart AP 25.00 is above the fine-tuned ViTPose's 20.00." in md
     assert "VLPose coco AP 31.00 is above the fine-tuned ViTPose's 28.00." in md
     assert (tmp_path / "reports" / "figures" / "keypoint_ap_by_scene.png").stat().st_size > 0
+
+
+def _write_pose_metrics(root):
+    stats = {"AP": 0.5, "AP50": 0.75, "AP75": 0.25, "AR": 0.6}
+    pose = root / layout.pose_metrics_dir()
+    pose.mkdir(parents=True, exist_ok=True)
+    for name in ("original", "vlpose"):
+        doc = {"domains": {"coco": stats, "humanart": {**stats, "AP": None}}, "scenes": {"sketch": stats}}
+        if name == "vlpose":
+            doc["detected"] = {"domains": {"coco": {**stats, "AP": 0.4}}}
+        (pose / f"{name}.json").write_text(json.dumps(doc))
+
+
+def test_result_records_hold_every_row_of_the_report_tables(tmp_path):
+    """The Prefect table artifacts come from these: the baseline and the published rows are in."""
+    _write_metrics(tmp_path)
+    _write_pose_metrics(tmp_path)
+    inputs = collect(tmp_path)
+    recs = {r["candidate"]: r for r in candidate_records(inputs)}
+    assert list(recs) == ["base", "lora:hpe", "merge:layer_wta", "merge:ties", "6drepnet (CNN baseline)",
+                          "6DRepNet (published)"]  # fmt: skip
+    assert recs["merge:ties"] == {
+        "candidate": "merge:ties", "kind": "merged", "AFLW2000 MAE": 20.0, "AFLW2000 invalid %": 50.0,
+        "BIWI MAE": 21.0, "BIWI invalid %": 50.0, "mean MAE": 20.5, "grounding acc@0.5": 0.8,
+    }  # fmt: skip
+    assert recs["6drepnet (CNN baseline)"]["mean MAE"] == 13.0 and recs["6drepnet (CNN baseline)"]["kind"] == "baseline"
+    assert recs["6DRepNet (published)"]["kind"] == "published" and recs["6DRepNet (published)"]["mean MAE"] == 3.72
+
+    kp = keypoint_records(inputs.keypoints)
+    assert {"model": "vlpose", "domain": "coco", "boxes": "detected", "AP": 40.0, "AP50": 75.0, "AP75": 25.0,
+            "AR": 60.0} in kp  # fmt: skip
+    assert {"model": "original", "domain": "humanart", "boxes": "ground truth", "AP": None, "AP50": 75.0,
+            "AP75": 25.0, "AR": 60.0} in kp  # fmt: skip
+    assert len(kp) == 5
+    md = render(inputs, tmp_path / "reports").read_text()
+    assert "| vlpose | coco | detected | 40.00 | 75.00 | 25.00 | 60.00 |" in md
