@@ -158,3 +158,33 @@ def test_qwen2_vl_loads_builds_inputs_trains_and_generates(tiny_qwen2_vl):
 
     answers = generate_answers(model, processor, fam, [e.image for e in examples], [e.prompt for e in examples], 6)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_pretrain_base_validates_and_links_a_real_checkpoint(tmp_path):
+    """params.vlm.checkpoint: the stage loads it (validation) and writes only a link; later stages
+    resolve the link to the user's folder; a missing folder is a clear error naming it."""
+    import yaml
+
+    from pipeline.config import parse_params
+    from pipeline.vlm import stages as vlm_stages
+    from pipeline.vlm.families import get_family
+    from pipeline.vlm.tiny import TinyVLMConfig, build_tiny_vlm, save_vlm
+    from tests.conftest import tiny_params_dict
+
+    user = tmp_path / "my-vlm"
+    save_vlm(*build_tiny_vlm(TinyVLMConfig()), user)
+    d = tiny_params_dict()
+    d["vlm"]["checkpoint"] = str(user)
+    d["tracking"]["enabled"] = False
+    params = parse_params(yaml.safe_load(yaml.safe_dump(d)))
+    out = tmp_path / "models" / "base"
+    summary = vlm_stages.pretrain_base(params, out, tmp_path / "runs", tmp_path / "m.json")
+    assert summary["linked"] == str(user)
+    assert sorted(p.name for p in out.iterdir()) == [vlm_stages.LINK_FILE]  # no copy of the weights
+    assert vlm_stages.resolve_base(out) == user.resolve()
+    get_family("tiny").load(vlm_stages.resolve_base(out))
+
+    d["vlm"]["checkpoint"] = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        vlm_stages.pretrain_base(parse_params(d), tmp_path / "b2", tmp_path / "runs", tmp_path / "m2.json")
+    assert not (tmp_path / "b2").exists()
