@@ -243,12 +243,14 @@ class EvaluateConfig(_Strict):
 
 class RegistryConfig(_Strict):
     """MLflow model registry: every merged model is a version with alias ``candidate``;
-    ``champion`` moves to one only if its mean MAE beats the current champion's and its
-    grounding accuracy is within ``grounding_tolerance`` of the base model's."""
+    ``champion`` moves to one only if its mean MAE beats the current champion's, its
+    grounding accuracy is within ``grounding_tolerance`` of the base model's and at most
+    ``max_invalid_rate`` of its head-pose answers on any test set are invalid."""
 
     enabled: bool = True
     model_name: str = "hpe-vlm"
     grounding_tolerance: float = Field(0.1, ge=0.0, le=1.0)
+    max_invalid_rate: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class OrchestrationConfig(_Strict):

@@ -7,7 +7,10 @@ registered as a new version with tags (method, its parameters, inputs, metrics) 
 
 * its mean head-pose MAE over the test sets beats the current champion's, and
 * its grounding accuracy (acc@IoU0.5) stays within ``grounding_tolerance`` of the base model's:
-  a merge that forgot how to ground is never promoted, however good its head pose.
+  a merge that forgot how to ground is never promoted, however good its head pose, and
+* at most ``max_invalid_rate`` of its head-pose answers (on any test set) are invalid: the MAE
+  is taken over valid answers only, so a merge that answers a third of the questions in broken
+  text could otherwise win on the rest.
 
 ``load_champion`` + ``HeadPoseVLM.predict`` are how a user asks the champion for a head pose.
 """
@@ -37,10 +40,19 @@ def gate(
     champion_mae: float | None,
     base_grounding_acc: float,
     tolerance: float,
+    invalid_rate: float = 0.0,
+    max_invalid_rate: float = 1.0,
 ) -> GateDecision:
-    """Whether a candidate takes ``champion`` (pure; see the module docstring for the rule)."""
+    """Whether a candidate takes ``champion`` (pure; see the module docstring for the rule).
+
+    ``invalid_rate`` is the candidate's worst invalid-answer rate over the head-pose test sets.
+    """
     if mean_mae is None:
         return GateDecision(False, "no valid head-pose answer: no MAE to compare")
+    if invalid_rate > max_invalid_rate:
+        return GateDecision(
+            False, f"invalid head-pose answers {100 * invalid_rate:.1f}% > max {100 * max_invalid_rate:.1f}%"
+        )
     floor = base_grounding_acc - tolerance
     if grounding_acc < floor:
         return GateDecision(
@@ -217,6 +229,8 @@ def register_merged(params: Any, table_path: Path, merged_root: Path, out: Path)
                 champion_mae,
                 base["grounding/acc_iou50"],
                 cfg.grounding_tolerance,
+                invalid_rate=max(row.get(f"{s}/invalid_rate") or 0.0 for s in params.evaluate.headpose_sets),
+                max_invalid_rate=cfg.max_invalid_rate,
             )
             if decision.promote:
                 client.set_registered_model_alias(cfg.model_name, CHAMPION, version)

@@ -35,6 +35,7 @@ def tiny_params_dict() -> dict:
     data["pretrain_base"]["train"].update(steps=4, checkpoint_every=2, warmup_steps=1, micro_batch_size=4)
     data["lora"]["train"].update(steps=2, checkpoint_every=2, warmup_steps=0, micro_batch_size=4)
     data["lora"]["adapters"] = {"hpe": {"rehearsal": 0.0}, "grounding": {"rehearsal": 1.0}}
+    data["merge"]["inputs"] = ["hpe", "grounding"]
     data["vlm"].update(eval_rows=4, heldout_fraction=0.25)
     methods = data["merge"]["methods"]
     data["merge"]["methods"] = {m: methods[m] for m in ("layer_wta", "task_arithmetic")}

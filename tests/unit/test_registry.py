@@ -25,6 +25,10 @@ def test_gate_rules():
     lost = gate(1.0, 0.5, 5.0, 0.9, 0.1)
     assert not lost.promote and "grounding" in lost.reason  # forgot grounding: never promoted
     assert not gate(None, 0.9, None, 0.9, 0.1).promote  # no valid answer
+    # The MAE counts valid answers only: a better MAE with many invalid answers is not promoted.
+    broken = gate(3.0, 0.9, 5.0, 0.9, 0.1, invalid_rate=0.30, max_invalid_rate=0.05)
+    assert not broken.promote and broken.reason == "invalid head-pose answers 30.0% > max 5.0%"
+    assert gate(3.0, 0.9, 5.0, 0.9, 0.1, invalid_rate=0.05, max_invalid_rate=0.05).promote
 
 
 def _row(name, kind, mae, acc):
@@ -50,14 +54,14 @@ def test_register_moves_aliases_by_the_gate(tmp_path, tiny_model_dir):
     data["merge"] = {
         "inputs": ["hpe", "grounding"],
         "weights": [1.0, 1.0],
-        "methods": {"a": {}, "b": {"threshold": 0.9}, "c": {}},
+        "methods": {"a": {}, "b": {"threshold": 0.9}, "c": {}, "d": {}},
     }
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data["tracking"] = {"tracking_uri": uri, "experiment": "reg", "enabled": True}
     params = parse_params(data)
     merged = tmp_path / "merged"
     merged.mkdir()
-    for m in ("a", "b", "c"):
+    for m in ("a", "b", "c", "d"):
         shutil.copytree(tiny_model_dir, merged / m)
     table = tmp_path / "evaluation.json"
     table.write_text(
@@ -68,17 +72,25 @@ def test_register_moves_aliases_by_the_gate(tmp_path, tiny_model_dir):
                     _row("merge:a", "merged", 6.0, 0.85),  # champion: first, grounding kept
                     _row("merge:b", "merged", 3.0, 0.2),  # best MAE but forgot grounding: stays candidate only
                     _row("merge:c", "merged", 5.0, 0.95),  # beats a: takes champion
+                    # best MAE, grounding kept, but 30% of its BIWI answers are invalid: not promoted
+                    {
+                        **_row("merge:d", "merged", 2.0, 0.95),
+                        "aflw2000/invalid_rate": 0.0,
+                        "biwi_hpdb/invalid_rate": 0.3,
+                    },
                 ]
             }
         )
     )
     out = register_merged(params, table, merged, tmp_path / "registry.json")
     promoted = {d["candidate"]: d["promoted"] for d in out["decisions"]}
-    assert promoted == {"merge:a": True, "merge:b": False, "merge:c": True}
+    assert promoted == {"merge:a": True, "merge:b": False, "merge:c": True, "merge:d": False}
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("hpe-vlm", CHAMPION)
     assert champion.tags["method"] == "c" and out["champion"] == str(champion.version)
-    assert client.get_model_version_by_alias("hpe-vlm", CANDIDATE).version == champion.version  # the last one
+    d = next(d for d in out["decisions"] if d["candidate"] == "merge:d")
+    assert d["reason"] == "invalid head-pose answers 30.0% > max 5.0%"
+    assert str(client.get_model_version_by_alias("hpe-vlm", CANDIDATE).version) == d["version"]  # the last one
     b = next(d for d in out["decisions"] if d["candidate"] == "merge:b")
     assert "grounding" in client.get_model_version("hpe-vlm", b["version"]).tags["gate"]
     assert client.get_model_version("hpe-vlm", b["version"]).tags["threshold"] == "0.9"

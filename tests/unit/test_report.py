@@ -94,7 +94,7 @@ def test_report_renders_every_candidate_and_marks_published_rows(tmp_path):
         assert f"| {name} |" in md
     assert "| *6DRepNet (published)* | *3.63* | *4.91* | *3.37* | *3.97* | *3.24* | *4.48* | *2.68* | *3.47*" in md
     # Findings are computed: best candidate, its change against the baseline, lost grounding, invalid answers.
-    assert "Lowest mean cross-dataset MAE: **merge:layer_wta** (10.00°)" in md
+    assert "Lowest mean cross-dataset MAE (at most 5% invalid answers): **merge:layer_wta** (10.00°)" in md
     assert "23.1% lower mean MAE (10.00° vs 13.00°)" in md
     assert "lora:hpe lost grounding" in md and "merge:ties gives invalid head-pose answers on 50%" in md
     figures = sorted(p.name for p in (tmp_path / "reports" / "figures").glob("*.png"))
