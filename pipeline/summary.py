@@ -32,6 +32,7 @@ def run_summary_text(workdir: str | Path = ".") -> str:
         f"  Prefect UI      {api.removesuffix('/api')}   (flow run {run.get('flow_run_id', '?')})",
         "  MLflow UI       .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000",
         f"  Parquet         {layout.PARQUET}/<dataset>/<split>/part-*.parquet  (quarantine.parquet beside)",
+        f"  Report          {layout.report_md()}   (figures beside; the Prefect artifact `report`)",
         f"  Ingest metrics  {layout.METRICS}/ingest/<dataset>.json   (dvc metrics show)",
         f"  Run summary     {layout.run_summary()}",
         "  Stop services   make stop",
