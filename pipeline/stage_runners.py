@@ -10,11 +10,12 @@ Runners resolve paths relative to the working directory, which the caller sets.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from pipeline import layout
 from pipeline.config import Params
 
-Runner = Callable[[Params, str], None]
+Runner = Callable[[Params, str], Any]  # returns the stage function's summary
 RUNNERS: dict[str, Runner] = {}
 
 # VLPose's trainings: DVC stage name → (``hpe pose-train`` argument, output model name).
@@ -36,50 +37,50 @@ def runner(*kinds: str) -> Callable[[Runner], Runner]:
     return register
 
 
-def run_stage(stage: str, params: Params) -> None:
-    """Run DAG stage ``stage`` (``kind`` or ``kind@name``) in this process."""
+def run_stage(stage: str, params: Params) -> Any:
+    """Run DAG stage ``stage`` (``kind`` or ``kind@name``) in this process; its summary."""
     kind, _, name = stage.partition("@")
     if kind not in RUNNERS:
         raise ValueError(f"unknown stage kind {kind!r} in {stage!r}; known: {', '.join(sorted(RUNNERS))}")
-    RUNNERS[kind](params, name)
+    return RUNNERS[kind](params, name)
 
 
 @runner("synth")
-def _synth(params: Params, name: str) -> None:
+def _synth(params: Params, name: str) -> Any:
     from pipeline import stages
 
-    stages.synth(params, name, layout.synth_out(name))
+    return stages.synth(params, name, layout.synth_out(name))
 
 
 @runner("ingest")
-def _ingest(params: Params, name: str) -> None:
+def _ingest(params: Params, name: str) -> Any:
     from pipeline import stages
 
     raw_root = params.ingest.dataset(name).raw_root
-    stages.ingest_stage(params, name, raw_root, layout.parquet_out(name), layout.ingest_metrics(name))
+    return stages.ingest_stage(params, name, raw_root, layout.parquet_out(name), layout.ingest_metrics(name))
 
 
 @runner("ground_truth")
-def _ground_truth(params: Params, name: str) -> None:
+def _ground_truth(params: Params, name: str) -> Any:
     from pipeline import stages
 
-    stages.ground_truth(params, name, params.ingest.dataset(name).raw_root, layout.ground_truth_out(name))
+    return stages.ground_truth(params, name, params.ingest.dataset(name).raw_root, layout.ground_truth_out(name))
 
 
 @runner("baseline")
-def _baseline(params: Params, _: str) -> None:
+def _baseline(params: Params, _: str) -> Any:
     from pipeline import stages
 
-    stages.baseline_stage(
+    return stages.baseline_stage(
         params, layout.baseline_out(), layout.train_runs(), layout.baseline_metrics(), curve=layout.curve("baseline")
     )
 
 
 @runner("pretrain_base")
-def _pretrain_base(params: Params, _: str) -> None:
+def _pretrain_base(params: Params, _: str) -> Any:
     from pipeline.vlm import stages as vlm_stages
 
-    vlm_stages.pretrain_base(
+    return vlm_stages.pretrain_base(
         params,
         layout.base_model(),
         layout.train_runs(),
@@ -89,10 +90,10 @@ def _pretrain_base(params: Params, _: str) -> None:
 
 
 @runner("train_lora")
-def _train_lora(params: Params, name: str) -> None:
+def _train_lora(params: Params, name: str) -> Any:
     from pipeline.vlm import stages as vlm_stages
 
-    vlm_stages.train_lora(
+    return vlm_stages.train_lora(
         params,
         name,
         layout.base_model(),
@@ -104,19 +105,19 @@ def _train_lora(params: Params, name: str) -> None:
 
 
 @runner("merge")
-def _merge(params: Params, name: str) -> None:
+def _merge(params: Params, name: str) -> Any:
     from pipeline.vlm import stages as vlm_stages
 
-    vlm_stages.merge_stage(
+    return vlm_stages.merge_stage(
         params, name, layout.base_model(), layout.adapters_root(), layout.merged_out(name), layout.merge_metrics(name)
     )
 
 
 @runner("evaluate")
-def _evaluate(params: Params, _: str) -> None:
+def _evaluate(params: Params, _: str) -> Any:
     from pipeline.evaluate.vlm_stage import evaluate_vlm
 
-    evaluate_vlm(
+    return evaluate_vlm(
         params,
         layout.base_model(),
         layout.adapters_root(),
@@ -128,17 +129,17 @@ def _evaluate(params: Params, _: str) -> None:
 
 
 @runner("register")
-def _register(params: Params, _: str) -> None:
+def _register(params: Params, _: str) -> Any:
     from pipeline.registry import register_merged
 
-    register_merged(params, layout.evaluation_table(), layout.merged_root(), layout.registry_out())
+    return register_merged(params, layout.evaluation_table(), layout.merged_root(), layout.registry_out())
 
 
 def _pose_train_runner(which: str, model: str) -> Runner:
-    def run(params: Params, _: str) -> None:
+    def run(params: Params, _: str) -> Any:
         from pipeline import stages
 
-        stages.pose_train_stage(
+        return stages.pose_train_stage(
             params,
             which,
             layout.pose_model(model),
@@ -156,23 +157,25 @@ for _kind, (_which, _model) in POSE_TRAIN_STAGES.items():
 
 
 @runner("pose_evaluate")
-def _pose_evaluate(params: Params, _: str) -> None:
+def _pose_evaluate(params: Params, _: str) -> Any:
     from pipeline import stages
 
-    stages.pose_evaluate_stage(params, layout.pose_models_root(), layout.pose_metrics_dir(), layout.pose_predictions())
+    return stages.pose_evaluate_stage(
+        params, layout.pose_models_root(), layout.pose_metrics_dir(), layout.pose_predictions()
+    )
 
 
 @runner("pose_register")
-def _pose_register(params: Params, _: str) -> None:
+def _pose_register(params: Params, _: str) -> Any:
     from pipeline import stages
 
-    stages.pose_register_stage(
+    return stages.pose_register_stage(
         params, layout.pose_metrics_dir(), layout.pose_model("vlpose"), layout.pose_registry_out()
     )
 
 
 @runner("report")
-def _report(params: Params, _: str) -> None:
+def _report(params: Params, _: str) -> Any:
     from pipeline.report import report_stage
 
-    report_stage(params)
+    return report_stage(params)

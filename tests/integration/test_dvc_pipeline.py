@@ -112,7 +112,7 @@ def test_vlm_artifacts_load_the_way_users_load_them(repo, monkeypatch):
     from safetensors.torch import load_file
 
     from pipeline import layout
-    from pipeline.evaluate.vlm_stage import evaluate_vlm
+    from pipeline.stage_runners import run_stage
     from pipeline.vlm.families import get_family
 
     path, _ = repo
@@ -146,15 +146,7 @@ def test_vlm_artifacts_load_the_way_users_load_them(repo, monkeypatch):
     # Nothing changed: every candidate's scores come from its stored file; the same table.
     monkeypatch.chdir(path)
     table = layout.evaluation_table().read_text()
-    again = evaluate_vlm(
-        params,
-        layout.base_model(),
-        layout.adapters_root(),
-        layout.merged_root(),
-        layout.eval_metrics_dir(),
-        layout.evaluation_table(),
-        layout.invalid_answers_dir(),
-    )
+    again = run_stage("evaluate", params)  # what the flow runs with orchestration.use_dvc: false
     assert again["evaluated"] == [] and again["reused"] == names
     assert layout.evaluation_table().read_text() == table
 
