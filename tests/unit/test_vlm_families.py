@@ -160,11 +160,12 @@ def test_qwen2_vl_loads_builds_inputs_trains_and_generates(tiny_qwen2_vl):
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
 
-def test_pretrain_base_validates_and_links_a_real_checkpoint(tmp_path):
+def test_pretrain_base_validates_and_links_a_real_checkpoint(tmp_path, synthetic_raw):
     """params.vlm.checkpoint: the stage loads it (validation) and writes only a link; later stages
     resolve the link to the user's folder; a missing folder is a clear error naming it."""
     import yaml
 
+    from pipeline import stages
     from pipeline.config import parse_params
     from pipeline.vlm import stages as vlm_stages
     from pipeline.vlm.families import get_family
@@ -177,14 +178,21 @@ def test_pretrain_base_validates_and_links_a_real_checkpoint(tmp_path):
     d["vlm"]["checkpoint"] = str(user)
     d["tracking"]["enabled"] = False
     params = parse_params(yaml.safe_load(yaml.safe_dump(d)))
+    # The linked model is still scored on held-out grounding frames: its own Parquet, not the
+    # project's data/ (absent on a fresh clone).
+    parquet = tmp_path / "parquet"
+    stages.ingest_stage(params, "300w_lp", synthetic_raw / "300w_lp", parquet / "300w_lp", engine="local")
     out = tmp_path / "models" / "base"
-    summary = vlm_stages.pretrain_base(params, out, tmp_path / "runs", tmp_path / "m.json")
+    summary = vlm_stages.pretrain_base(params, out, tmp_path / "runs", tmp_path / "m.json", parquet_root=parquet)
     assert summary["linked"] == str(user)
+    assert set(summary["heldout"]) >= {"grounding"}  # the user's model was scored, not just linked
     assert sorted(p.name for p in out.iterdir()) == [vlm_stages.LINK_FILE]  # no copy of the weights
     assert vlm_stages.resolve_base(out) == user.resolve()
     get_family("tiny").load(vlm_stages.resolve_base(out))
 
     d["vlm"]["checkpoint"] = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        vlm_stages.pretrain_base(parse_params(d), tmp_path / "b2", tmp_path / "runs", tmp_path / "m2.json")
+        vlm_stages.pretrain_base(
+            parse_params(d), tmp_path / "b2", tmp_path / "runs", tmp_path / "m2.json", parquet_root=parquet
+        )
     assert not (tmp_path / "b2").exists()
