@@ -237,6 +237,8 @@ class EvaluateConfig(_Strict):
     grounding_rows: int = Field(64, ge=1)  # held-out 300W-LP frames asked for the head's box
     batch_size: int = Field(32, ge=1)
     workers: int = Field(1, ge=1)  # Ray Data actors (each loads the model once)
+    # GPU share per actor (head-pose and keypoint evaluation): 1 = a GPU each, 0.5 = two per GPU.
+    gpus_per_worker: float = Field(0.0, ge=0.0)
     engine: Literal["ray", "local"] = "ray"
     max_new_tokens: int = Field(40, ge=1)
 

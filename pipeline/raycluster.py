@@ -63,3 +63,30 @@ def ray_session(num_cpus: int | None = None) -> Iterator[float]:
         yield time.perf_counter() - t0
     finally:
         ray.shutdown()
+
+
+def actor_resources(gpus_per_actor: float) -> dict[str, float]:
+    """Ray resources of one inference actor (``map_batches`` kwargs); Ray must be running.
+
+    Raises:
+        ValueError: GPUs asked of a local Ray that has none (the job would wait forever).
+    """
+    import ray
+
+    if gpus_per_actor <= 0:
+        return {"num_cpus": 1}
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if have < gpus_per_actor and not os.environ.get("RAY_ADDRESS"):
+        raise ValueError(f"evaluate.gpus_per_worker={gpus_per_actor:g}, but Ray sees {have:g} GPUs on this machine")
+    return {"num_cpus": 1, "num_gpus": gpus_per_actor}
+
+
+def actor_device(gpus_per_actor: float) -> str:
+    """The torch device of an inference actor: ``cuda`` when Ray gave it a GPU share."""
+    if gpus_per_actor <= 0:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"gpus_per_worker={gpus_per_actor:g}, but this actor sees no CUDA device")
+    return "cuda"

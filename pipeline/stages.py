@@ -214,6 +214,7 @@ def pose_evaluate_stage(
         layout.GROUND_TRUTH,
         engine=params.evaluate.engine,
         workers=params.evaluate.workers,
+        gpus_per_worker=params.evaluate.gpus_per_worker,
         raw_roots=raw_roots,
         crop=_pose_crop(params),
     )

@@ -48,8 +48,11 @@ class Answerer:
         trust_remote_code: bool = False,
         max_new_tokens: int = 40,
         torch_threads: int | None = 1,
+        gpus: float = 0.0,
     ):
         import torch
+
+        from pipeline.raycluster import actor_device
 
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
@@ -60,7 +63,7 @@ class Answerer:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, candidate.adapter_dir)
-        self.model = model.eval()
+        self.model = model.to(actor_device(gpus)).eval()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         examples = [
@@ -89,6 +92,7 @@ def answer_questions(
     trust_remote_code: bool = False,
     max_new_tokens: int = 40,
     torch_threads: int | None = 1,
+    gpus_per_worker: float = 0.0,
 ) -> dict[int, str]:
     """The candidate's answer to every question, keyed by the question's ``row``.
 
@@ -96,6 +100,7 @@ def answer_questions(
         questions: a question table (module docstring).
         engine: ``ray`` (Ray Data ``map_batches`` over an actor pool of ``workers``) or ``local``.
         batch_size: questions per generation batch.
+        gpus_per_worker: GPU share of each Ray actor (0: CPU); ``local`` uses it too.
 
     Raises:
         ValueError: a missing question column, or a row Ray did not answer (never silently lost).
@@ -109,6 +114,7 @@ def answer_questions(
         trust_remote_code=trust_remote_code,
         max_new_tokens=max_new_tokens,
         torch_threads=torch_threads,
+        gpus=gpus_per_worker,
     )
     if engine == "local":
         answerer = Answerer(**kwargs)
@@ -117,7 +123,7 @@ def answer_questions(
         import ray
         import ray.data
 
-        from pipeline.raycluster import ray_session
+        from pipeline.raycluster import actor_resources, ray_session
 
         with ray_session():
             ds = ray.data.from_arrow(questions).map_batches(
@@ -126,7 +132,7 @@ def answer_questions(
                 batch_size=batch_size,
                 batch_format="pyarrow",
                 concurrency=workers,
-                num_cpus=1,
+                **actor_resources(gpus_per_worker),
             )
             parts = [ray.get(ref) for ref in ds.to_arrow_refs()]
     else:

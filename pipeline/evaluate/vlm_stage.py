@@ -220,6 +220,7 @@ def evaluate_vlm(
                 engine=cfg.engine,
                 batch_size=cfg.batch_size,
                 workers=cfg.workers,
+                gpus_per_worker=cfg.gpus_per_worker,
                 trust_remote_code=params.vlm.trust_remote_code,
                 max_new_tokens=cfg.max_new_tokens,
                 torch_threads=params.vlm.torch_threads,

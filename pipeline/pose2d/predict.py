@@ -203,10 +203,15 @@ class KeypointPredictor:
     ``keypoints`` (``x, y, score`` × K in image pixels) and ``score`` per record.
     """
 
-    def __init__(self, model_dir: str, torch_threads: int | None = 1, blur_kernel: int | None = None):
+    def __init__(
+        self, model_dir: str, torch_threads: int | None = 1, blur_kernel: int | None = None, gpus: float = 0.0
+    ):
+        from pipeline.raycluster import actor_device
+
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
         self.estimator = load_pose_model(model_dir)
+        self.estimator.model.to(actor_device(gpus))  # heatmaps() follows the model's device
         self.blur_kernel = blur_kernel
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -230,13 +235,15 @@ def predict_records(
     torch_threads: int | None = 1,
     blur_kernel: int | None = None,
     workers: int = 1,
+    gpus_per_worker: float = 0.0,
 ) -> list[dict]:
     """COCO results for every record of ``table``, in row order, from a model folder.
 
     ``engine="ray"``: Ray Data ``map_batches`` over one :class:`KeypointPredictor` actor (the
     model loaded once; Ray must be running or startable, see
     :func:`pipeline.raycluster.ray_session`); ``engine="local"``: the same predictor in a loop.
-    ``workers``: Ray Data actors (each loads the model once and uses ``torch_threads`` threads).
+    ``workers``: Ray Data actors (each loads the model once and uses ``torch_threads`` threads);
+    ``gpus_per_worker``: each actor's GPU share (0: CPU).
 
     Raises:
         ValueError: a missing column, an unknown engine, or a record that came back without a
@@ -246,7 +253,12 @@ def predict_records(
     if missing:
         raise ValueError(f"keypoint table lacks columns {missing} (has {table.column_names})")
     rows = table.select(list(PREDICT_COLUMNS)).append_column("row", pa.array(range(table.num_rows), pa.int64()))
-    kwargs = {"model_dir": str(Path(model_dir).resolve()), "torch_threads": torch_threads, "blur_kernel": blur_kernel}
+    kwargs = {
+        "model_dir": str(Path(model_dir).resolve()),
+        "torch_threads": torch_threads,
+        "blur_kernel": blur_kernel,
+        "gpus": gpus_per_worker,
+    }
     if engine == "local":
         predictor = KeypointPredictor(**kwargs)
         parts = [predictor(rows.slice(i, batch_size)) for i in range(0, rows.num_rows, batch_size)]
@@ -254,7 +266,7 @@ def predict_records(
         import ray
         import ray.data
 
-        from pipeline.raycluster import ray_session
+        from pipeline.raycluster import actor_resources, ray_session
 
         with ray_session():
             ds = ray.data.from_arrow(rows).map_batches(
@@ -263,7 +275,7 @@ def predict_records(
                 batch_size=batch_size,
                 batch_format="pyarrow",
                 concurrency=workers,
-                num_cpus=1,
+                **actor_resources(gpus_per_worker),
             )
             parts = [ray.get(ref) for ref in ds.to_arrow_refs()]
     else:

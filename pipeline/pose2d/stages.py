@@ -488,6 +488,7 @@ def evaluate_pose(
     raw_roots: Mapping[str, str | Path] | None = None,
     crop: Any = None,
     workers: int = 1,
+    gpus_per_worker: float = 0.0,
 ) -> dict[str, Any]:
     """COCO keypoint AP of every model on COCO val and HumanArt val, with ground-truth boxes.
 
@@ -511,6 +512,7 @@ def evaluate_pose(
         gt_root: ground truth (``<gt_root>/<domain>/<domain>_all.json`` …).
         engine: ``ray`` (Ray Data actors, each loading the model once) or ``local`` (same code, a loop).
         workers: Ray Data actors (``engine="ray"``).
+        gpus_per_worker: GPU share of each actor (0: CPU).
         raw_roots: domain → raw dataset folder; needed only with ``cfg.detections`` (images are
             read by their ground-truth ``file_name``).
         crop: a :class:`~pipeline.pose2d.predict.CropSpec` (the ingestion's crop settings) for
@@ -557,7 +559,14 @@ def evaluate_pose(
             folder = resolve_model_dir(model_dir)
             if not (folder / "config.json").is_file() and not (folder / META_FILE).is_file():
                 raise FileNotFoundError(f"{folder}: not a pose model folder (model {name!r})")
-            preds = predict_records(folder, combined, engine=engine, batch_size=cfg.eval_batch_size, workers=workers)
+            preds = predict_records(
+                folder,
+                combined,
+                engine=engine,
+                batch_size=cfg.eval_batch_size,
+                workers=workers,
+                gpus_per_worker=gpus_per_worker,
+            )
             outputs = {key: preds[lo:hi] for key, (lo, hi) in bounds.items()}
             doc: dict[str, Any] = {
                 "model": name,

@@ -50,7 +50,12 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm; 0 disables clipping")
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 need a GPU")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each when GPUs exist)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="cuda: one GPU per worker, NCCL; cpu: gloo; auto: cuda when the driver sees CUDA "
+        "or the Ray cluster has a GPU per worker (a CPU-only head driving GPU nodes)",
+    )
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each on cuda)")
     cpus_per_worker: float = Field(
         1.0,
         gt=0.0,
@@ -72,6 +77,8 @@ class TrainConfig(BaseModel):
     def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) > steps ({self.steps})")
+        if self.device == "cpu" and self.precision != "fp32":
+            raise ValueError(f"precision {self.precision!r} needs device cuda (or auto on a GPU cluster)")
         return self
 
     @property

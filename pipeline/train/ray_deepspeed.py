@@ -325,7 +325,7 @@ def preflight(task: Task, data: Any, cfg: TrainConfig, out_dir: Path) -> tuple[p
 
     Raises:
         PreflightError: naming the missing column, the empty data, the unwritable folder, the
-            unsupported precision, the unpicklable task, or what ``task.preflight()`` raised.
+            unpicklable task, or what ``task.preflight()`` raised.
     """
     for name in ("build_model", "collate", "loss", "save"):
         if not callable(getattr(task, name, None)):
@@ -354,9 +354,6 @@ def preflight(task: Task, data: Any, cfg: TrainConfig, out_dir: Path) -> tuple[p
     except OSError as e:
         raise PreflightError(f"out_dir {out_dir} is not writable: {e}") from e
 
-    if cfg.precision != "fp32" and not torch.cuda.is_available():
-        raise PreflightError(f"precision {cfg.precision!r} needs a GPU; use precision: fp32 on CPU")
-
     if callable(check := getattr(task, "preflight", None)):
         try:
             check()
@@ -365,6 +362,29 @@ def preflight(task: Task, data: Any, cfg: TrainConfig, out_dir: Path) -> tuple[p
         except Exception as e:  # noqa: BLE001 — report the task's own reason, whatever its type
             raise PreflightError(f"task {type(task).__name__} preflight: {e}") from e
     return schema, rows
+
+
+def resolve_device(cfg: TrainConfig) -> bool:
+    """Whether the workers train on GPUs (``cfg.device``; Ray must be running).
+
+    ``auto`` looks at the cluster as well as the driver: a driver on a CPU-only head node still
+    trains on the cluster's GPU nodes.
+
+    Raises:
+        PreflightError: bf16/fp16 on CPU workers.
+    """
+    import ray
+
+    if cfg.device == "auto":
+        use_gpu = torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0.0) >= cfg.num_workers
+    else:
+        use_gpu = cfg.device == "cuda"
+    if cfg.precision != "fp32" and not use_gpu:
+        raise PreflightError(
+            f"precision {cfg.precision!r} needs GPU workers, and device {cfg.device!r} resolved to CPU "
+            "(no CUDA on the driver, fewer GPUs in Ray than num_workers): use precision fp32 or device cuda"
+        )
+    return use_gpu
 
 
 def _check_resources(cfg: TrainConfig, use_gpu: bool) -> None:
@@ -376,9 +396,15 @@ def _check_resources(cfg: TrainConfig, use_gpu: bool) -> None:
         # A cluster may autoscale: let Ray wait for nodes. But on a fixed cluster whose CPUs
         # the workers take, Ray Data's Parquet read tasks wait forever (seen with two 1-CPU
         # nodes and 2 workers × 1 CPU): say so, once, before that silent wait.
-        if not use_gpu and total - cfg.num_workers * cfg.cpus_per_worker < 1:
-            import warnings
+        import warnings
 
+        if use_gpu and (gpus := ray.cluster_resources().get("GPU", 0.0)) < cfg.num_workers:
+            warnings.warn(
+                f"device {cfg.device}: {cfg.num_workers} workers need {cfg.num_workers} GPUs and the cluster "
+                f"has {gpus:g} now: training waits until GPU nodes join",
+                stacklevel=3,
+            )
+        if not use_gpu and total - cfg.num_workers * cfg.cpus_per_worker < 1:
             warnings.warn(
                 f"num_workers × cpus_per_worker = {cfg.num_workers * cfg.cpus_per_worker:g} CPUs leaves "
                 f"{total - cfg.num_workers * cfg.cpus_per_worker:g} of the cluster's {total:g} for Ray Data: "
@@ -389,7 +415,9 @@ def _check_resources(cfg: TrainConfig, use_gpu: bool) -> None:
     if use_gpu:
         gpus = ray.cluster_resources().get("GPU", 0.0)
         if gpus < cfg.num_workers:
-            raise PreflightError(f"num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs; Ray sees {gpus:g}")
+            raise PreflightError(
+                f"device {cfg.device}: num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs; Ray sees {gpus:g}"
+            )
         return
     needed = cfg.num_workers * cfg.cpus_per_worker
     if total - needed < 1:
@@ -645,16 +673,17 @@ def train(
             ) from e
     t_mlflow = time.time()
 
-    use_gpu = torch.cuda.is_available()
     status = "FAILED"
     try:
         with ray_session() as ray_start_s:
+            use_gpu = resolve_device(cfg)
             _check_resources(cfg, use_gpu)
             # Only the columns the task reads (and the sort keys) travel to the workers.
             ds = _to_dataset(data, list(dict.fromkeys(keys + required)) if required else None)
             loop_config = {
                 "task": task,
                 "cfg": cfg.model_dump(),
+                "use_gpu": use_gpu,
                 "sort_keys": keys,
                 "t_called": t_called,
                 "tracking_uri": tracking_uri,
@@ -1024,7 +1053,11 @@ def _report(metrics: dict[str, Any], checkpoint_folder: Path | None = None, step
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """setup → train → save, on every rank (``train_loop_per_worker`` of the ``TorchTrainer``)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    use_gpu = bool(config["use_gpu"])  # the driver's resolution (cfg.device), the same on every rank
+    if use_gpu and not torch.cuda.is_available():
+        raise RuntimeError(f"device cuda, but this worker ({os.uname().nodename}) sees no CUDA device")
+    # Explicitly, not setdefault: a GPU node told to train on CPU must not pick CUDA itself.
+    os.environ["DS_ACCELERATOR"] = "cuda" if use_gpu else "cpu"
     import logging
 
     import deepspeed
@@ -1033,7 +1066,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     from torch.optim.lr_scheduler import LambdaLR
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
-    if not torch.cuda.is_available():
+    if not use_gpu:
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce with gcc on first use
         # (~50 s here, and a compiler on every node): gloo's all-reduce does the job.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

@@ -337,6 +337,8 @@ def generate_answers(
     tok = tokenizer_of(processor)
     model.eval()
     inputs = family.prompt_inputs(processor, list(images), list(prompts), "left")
+    device = next(model.parameters()).device  # a GPU actor's model: its inputs follow it
+    inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in dict(inputs).items()}
     stop = family.end_token_ids(processor)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
     out = model.generate(

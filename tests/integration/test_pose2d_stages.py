@@ -165,6 +165,21 @@ def test_train_evaluate_register(ray_local, roots, tmp_path):
         run = client.get_run(summary["mlflow_run_ids"][name])
         assert run.data.tags["model"] == name and "humanart/AP" in run.data.metrics
 
+    if not torch.cuda.is_available():  # GPU actors on a machine without GPUs: refused, not a silent wait
+        with pytest.raises(ValueError, match=r"evaluate.gpus_per_worker=1, but Ray sees 0 GPUs"):
+            evaluate_pose(
+                cfg,
+                None,
+                names,
+                tmp_path / "m2",
+                tmp_path / "p2",
+                parquet_root,
+                gt_root,
+                engine="ray",
+                raw_roots=raw_roots,
+                gpus_per_worker=1,
+            )
+
     reg = register_vlpose(cfg, tracking_cfg, tmp_path / "metrics", models / "vlpose", None, tmp_path / "registry.json")
     assert reg["version"] == "1" and json.loads((tmp_path / "registry.json").read_text()) == reg
     assert reg["promoted"] == (reg["coco_ap"] >= reg["original_coco_ap"] - cfg.registry.coco_tolerance)

@@ -67,3 +67,14 @@ def test_start_refuses_a_state_folder_too_deep_for_ray_sockets(tmp_path):
     with pytest.raises(raynodes.ClusterError, match="too long"):
         raynodes.start(deep)
     assert not deep.exists()
+
+
+def test_inference_actors_ask_for_gpus_only_when_configured():
+    import torch
+
+    from pipeline.raycluster import actor_device, actor_resources
+
+    assert actor_resources(0) == {"num_cpus": 1} and actor_device(0) == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="gpus_per_worker=0.5, but this actor sees no CUDA device"):
+            actor_device(0.5)

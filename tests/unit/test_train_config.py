@@ -67,3 +67,12 @@ def test_deepspeed_config_uses_torch_adamw_and_the_requested_zero_stage():
     assert ds["train_batch_size"] == 24 and ds["zero_optimization"]["stage"] == 2
     assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["torch_adam"] is True
     assert "gradient_clipping" not in ds and not ds["bf16"]["enabled"]
+
+
+def test_device_is_validated_and_cpu_refuses_half_precision():
+    assert TrainConfig().device == "auto"
+    with pytest.raises(ValidationError, match="device"):
+        TrainConfig(device="gpu")
+    with pytest.raises(ValidationError, match="'bf16' needs device cuda"):
+        TrainConfig(device="cpu", precision="bf16")
+    TrainConfig(device="cuda", precision="bf16")  # checked against the cluster when the run starts
