@@ -1023,11 +1023,16 @@ class _MlflowLogger:
 
 
 def _write_progress(path: Path | None, step: int, steps: int, metrics: Mapping[str, float]) -> None:
-    """Rank 0's progress for the driver's console bar (:class:`_ConsoleProgress`); atomic."""
+    """Rank 0's progress for the driver's console bar (:class:`_ConsoleProgress`); atomic.
+
+    It names rank 0's process and node too: which process to look at (or to kill, in the
+    fault test) when a run stalls.
+    """
     if path is None:
         return
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"step": step, "steps": steps, **metrics}))
+    where = {"pid": os.getpid(), "node": os.uname().nodename}
+    tmp.write_text(json.dumps({"step": step, "steps": steps, **where, **metrics}))
     tmp.replace(path)
 
 

@@ -1,8 +1,10 @@
 """Fault tests (docs/cluster.md, "Faults and recovery"): what a kill or a lost service leaves.
 
-* A killed Ray training worker: covered in test_train_loop.py (a worker ``os._exit``s at step 7,
-  mid-epoch; a new ``train`` call resumes from the step-4 checkpoint to bit-identical weights,
-  and with ``max_failures=1`` Ray restarts the group in the same call). Not repeated here.
+* A killed Ray training worker: covered in test_train_loop.py. Rank 0 SIGKILLed by the test
+  process mid-run (its pid from ``progress.json``): with ``max_failures=1`` Ray restarts the
+  group in the same call from the latest checkpoint and ends on the uninterrupted run's weights;
+  a worker that ``os._exit``s at step 7 with no restarts allowed: a new ``train`` call resumes
+  from the step-4 checkpoint to bit-identical weights. Not repeated here.
 * ``dvc repro`` SIGKILLed (its whole process group, Ray included) mid-stage: no partial output,
   a second ``dvc repro`` meanwhile is refused naming the first, the rerun skips the finished
   stage despite the dead process's DVC rwlock entries, and ends on an uninterrupted run's hashes.
