@@ -264,24 +264,16 @@ def test_preflight_rejects_unwritable_out_dir_gpu_precision_and_task_errors(tmp_
     with pytest.raises(PreflightError, match="not writable"):
         train(ToyRegression(), make_toy_table(8), REF, blocker / "out", run_name="bad")
     if not torch.cuda.is_available():
-        # auto resolves to CPU here (no CUDA, no GPU in Ray): bf16 is refused before any worker starts
-        with pytest.raises(PreflightError, match="'bf16' needs GPU workers"):
-            train(
-                ToyRegression(),
-                make_toy_table(8),
-                TrainConfig(**(REF.model_dump() | {"precision": "bf16"})),
-                tmp_path / "out",
-                run_name="bad",
-            )
-        # device cuda on a machine without GPUs: a clear refusal, not a run waiting forever for GPUs
-        with pytest.raises(PreflightError, match=r"device cuda: num_workers=1 needs 1 GPUs; Ray sees 0"):
-            train(
-                ToyRegression(),
-                make_toy_table(8),
-                TrainConfig(**(REF.model_dump() | {"device": "cuda"})),
-                tmp_path / "out",
-                run_name="bad",
-            )
+        refusals = {
+            # auto resolves to CPU here (no CUDA, no GPU in Ray): bf16 is refused before any worker starts
+            "precision": ("bf16", "'bf16' needs GPU workers"),
+            # device cuda on a machine without GPUs: refused, not a run waiting forever for GPUs
+            "device": ("cuda", r"device cuda: num_workers=1 needs 1 GPUs; Ray sees 0"),
+        }
+        for field, (value, message) in refusals.items():
+            with pytest.raises(PreflightError, match=message):
+                cfg = TrainConfig(**(REF.model_dump() | {field: value}))
+                train(ToyRegression(), make_toy_table(8), cfg, tmp_path / "out", run_name="bad")
         assert not list((tmp_path / "out").glob("ray/bad/step_*"))  # nothing trained
     with pytest.raises(PreflightError, match="crash_marker"):
         train(ToyRegression(crash_on_call=1), make_toy_table(8), REF, tmp_path / "out", run_name="bad")
