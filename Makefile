@@ -31,7 +31,7 @@ demo: install
 	@bash scripts/demo.sh
 
 test: install
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest tests -q -m "not integration"
