@@ -391,35 +391,35 @@ def _check_resources(cfg: TrainConfig, use_gpu: bool) -> None:
     """On a local Ray, refuse a request that would wait forever for CPUs (or starve Ray Data)."""
     import ray
 
-    total = ray.cluster_resources().get("CPU", 0.0)
+    resources = ray.cluster_resources()
+    total, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    needed = cfg.num_workers * cfg.cpus_per_worker
     if os.environ.get("RAY_ADDRESS"):
         # A cluster may autoscale: let Ray wait for nodes. But on a fixed cluster whose CPUs
         # the workers take, Ray Data's Parquet read tasks wait forever (seen with two 1-CPU
         # nodes and 2 workers × 1 CPU): say so, once, before that silent wait.
         import warnings
 
-        if use_gpu and (gpus := ray.cluster_resources().get("GPU", 0.0)) < cfg.num_workers:
+        if use_gpu and gpus < cfg.num_workers:
             warnings.warn(
                 f"device {cfg.device}: {cfg.num_workers} workers need {cfg.num_workers} GPUs and the cluster "
                 f"has {gpus:g} now: training waits until GPU nodes join",
                 stacklevel=3,
             )
-        if not use_gpu and total - cfg.num_workers * cfg.cpus_per_worker < 1:
+        if not use_gpu and total - needed < 1:
             warnings.warn(
-                f"num_workers × cpus_per_worker = {cfg.num_workers * cfg.cpus_per_worker:g} CPUs leaves "
-                f"{total - cfg.num_workers * cfg.cpus_per_worker:g} of the cluster's {total:g} for Ray Data: "
-                "reading Parquet will wait until the cluster gains a CPU (lower cpus_per_worker on a fixed cluster)",
+                f"num_workers × cpus_per_worker = {needed:g} CPUs leaves {total - needed:g} of the cluster's "
+                f"{total:g} for Ray Data: reading Parquet will wait until the cluster gains a CPU (lower "
+                "cpus_per_worker on a fixed cluster)",
                 stacklevel=3,
             )
         return
     if use_gpu:
-        gpus = ray.cluster_resources().get("GPU", 0.0)
         if gpus < cfg.num_workers:
             raise PreflightError(
                 f"device {cfg.device}: num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs; Ray sees {gpus:g}"
             )
         return
-    needed = cfg.num_workers * cfg.cpus_per_worker
     if total - needed < 1:
         raise PreflightError(
             f"num_workers × cpus_per_worker = {needed:g} CPUs leaves {total - needed:g} of Ray's {total:g} "
@@ -1025,8 +1025,7 @@ class _MlflowLogger:
 def _write_progress(path: Path | None, step: int, steps: int, metrics: Mapping[str, float]) -> None:
     """Rank 0's progress for the driver's console bar (:class:`_ConsoleProgress`); atomic.
 
-    It names rank 0's process and node too: which process to look at (or to kill, in the
-    fault test) when a run stalls.
+    It names rank 0's process and node too: which process to look at when a run stalls.
     """
     if path is None:
         return
