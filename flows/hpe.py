@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -24,6 +28,8 @@ from pipeline.datasets import DATASETS
 from pipeline.monitor import measure
 from pipeline.stage_runners import POSE_TRAIN_STAGES
 from pipeline.tracking import FLOW_RUN_ENV
+
+HPE_RAY_STATE_ENV = "HPE_SHARED_RAY_STATE"  # the shared Ray's state folder (recorded in the run summary)
 
 
 def stage_names(params: Params) -> list[str]:
@@ -72,13 +78,52 @@ def _run_direct(stage: str, params: Params, workdir: Path) -> dict:
     return {"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes, "skipped": False}
 
 
+@contextmanager
+def shared_ray(params: Params, workdir: Path) -> Iterator[dict[str, str]]:
+    """One Ray head for the whole run, unless one is named already (``RAY_ADDRESS``) or params
+    turn it off; yields the environment a stage needs to join it (empty: each stage starts its own)."""
+    if not params.orchestration.shared_ray or os.environ.get("RAY_ADDRESS"):
+        yield {}
+        return
+    from pipeline.raynodes import running_cluster
+
+    cpus = params.orchestration.ray_num_cpus or os.cpu_count() or 1
+    # A private folder with a short path (mode 700, removed after): Ray's Unix socket paths
+    # must fit in 107 bytes, which a project folder deep in a file system often does not.
+    state = Path(tempfile.mkdtemp(prefix="hpe-ray-"))
+    try:
+        with running_cluster(state, nodes=1, num_cpus=cpus) as cluster:
+            get_run_logger().info(f"shared Ray for this run at {cluster.address} ({cpus} CPUs, state {state})")
+            yield {**cluster.driver_env(), HPE_RAY_STATE_ENV: str(state)}
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextmanager
+def _environ(extra: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @task(name="stage", task_run_name="{stage}", retries=0)
-def run_stage(stage: str, params_path: str, workdir: str) -> dict:
-    """Run one DAG stage (through DVC, or directly) and return its wall time and peak memory."""
+def run_stage(stage: str, params_path: str, workdir: str, ray_env: dict[str, str] | None = None) -> dict:
+    """Run one DAG stage (through DVC, or directly) and return its wall time and peak memory.
+
+    ``ray_env`` (from :func:`shared_ray`) makes the stage join the run's Ray instead of starting its own.
+    """
     params = load_params(Path(workdir) / params_path)
     wd = Path(workdir).resolve()
+    ray_env = ray_env or {}
     if params.orchestration.use_dvc:
-        env = dict(os.environ)
+        env = {**os.environ, **ray_env}
         env[FLOW_RUN_ENV] = _flow_run_id()
         env["HPE_DVC_STAGE"] = stage
         # The stage commands call `hpe`, which lives beside this interpreter.
@@ -86,7 +131,8 @@ def run_stage(stage: str, params_path: str, workdir: str) -> dict:
         out = _run_dvc(stage, wd, env)
     else:
         os.environ[FLOW_RUN_ENV] = _flow_run_id()
-        out = _run_direct(stage, params, wd)
+        with _environ(ray_env):
+            out = _run_direct(stage, params, wd)
     return {"stage": stage, **out}
 
 
@@ -160,7 +206,9 @@ def hpe(
     with run_lock(wd, wait_s=wait_for_lock_s, flow_run_id=_flow_run_id(), log=log.info) as lock:
         if lock.waited_s > 1:
             log.info(f"got the run lock after {lock.waited_s:.0f} s")
-        results = [run_stage(name, params_path, str(wd)) for name in names]
+        with shared_ray(params, wd) as ray_env:
+            results = [run_stage(name, params_path, str(wd), ray_env) for name in names]
+        shared = {"address": ray_env["RAY_ADDRESS"], "state_dir": ray_env[HPE_RAY_STATE_ENV]} if ray_env else None
 
         create_markdown_artifact(
             key="ingest-summary",
@@ -186,6 +234,11 @@ def hpe(
             create_markdown_artifact(key="report", markdown=report.read_text(), description="Results report")
         write_json_atomic(
             wd / layout.run_summary(),
-            {"flow_run_id": _flow_run_id(), "stages": results, "lock_wait_s": round(lock.waited_s, 2)},
+            {
+                "flow_run_id": _flow_run_id(),
+                "stages": results,
+                "lock_wait_s": round(lock.waited_s, 2),
+                "shared_ray": shared,
+            },
         )
     return results

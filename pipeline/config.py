@@ -181,6 +181,12 @@ class VLMConfig(_Strict):
     # alike in a dataset's frames and without it the model learns one constant box.
     crop_min_scale: float | None = Field(0.6, gt=0.0, le=1.0)
     torch_threads: int | None = Field(1, ge=1)  # per training worker (2 cores: oversubscription is 10× slower)
+    # Families that ask head pose on a crop around the box (tiny): random scale/shift of that
+    # crop in training (pipeline/vlm/examples.py face_window).
+    headpose_jitter: float = Field(0.1, ge=0.0, lt=0.5)
+    # Gaussian soft target over neighbouring number tokens (pipeline/vlm/numbers.py), in values
+    # (grid cells, degrees); 0 = plain cross-entropy. Families without number tokens ignore it.
+    number_sigma: float = Field(1.5, ge=0.0)
 
     @field_validator("family")
     @classmethod
@@ -194,6 +200,9 @@ class VLMConfig(_Strict):
 
 class PretrainConfig(_Strict):
     train: TrainSection = Field(default_factory=dict)
+    # Fraction of the tiny base's questions that ask for five facial points on a face crop
+    # instead of the head box (pipeline/vlm/examples.py facepoints_example); 0 = grounding only.
+    facepoints: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class AdapterConfig(_Strict):
@@ -257,6 +266,11 @@ class RegistryConfig(_Strict):
 
 class OrchestrationConfig(_Strict):
     use_dvc: bool = True
+    # One Ray instance for every stage of a flow run (started by the flow when RAY_ADDRESS is
+    # unset, joined by each stage through RAY_ADDRESS): each stage starting its own Ray cost
+    # 10-15 s, ~20 times a run. false: each stage starts (and stops) its own.
+    shared_ray: bool = True
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the run's Ray (null: all of the machine's)")
 
 
 class Params(_Strict):

@@ -153,15 +153,21 @@ def baseline_stage(
     score it on the same test sets as the VLM candidates (``evaluate.headpose_sets``)."""
     from pipeline import layout
     from pipeline.baselines import train_baseline
-    from pipeline.evaluate.vlm_stage import headpose_test_sets
+    from pipeline.evaluate.vlm_stage import first_rows, headpose_test_sets
+    from pipeline.evaluate.yardsticks import IN_DOMAIN, chance_scores, split_heldout
     from pipeline.ingest import read_records
     from pipeline.tracking import loop_tracking, write_curve
 
     root = Path(parquet_root) if parquet_root is not None else layout.PARQUET
-    train_rows = read_records(root / "300w_lp", "train")
-    tests = headpose_test_sets(params, root)
+    # The VLMs' held-out split: both kinds of model are scored in-domain on the same pictures.
+    train_rows, heldout = split_heldout(
+        read_records(root / "300w_lp", "train"), params.seed, params.vlm.heldout_fraction
+    )
+    tests = {IN_DOMAIN: first_rows(heldout, params.evaluate.rows_per_set), **headpose_test_sets(params, root)}
     tracking = loop_tracking(params.tracking, "baseline", [("300w_lp", root / "300w_lp")])
-    summary = train_baseline(params.baseline, train_rows, tests, out, runs, metrics, tracking)
+    summary = train_baseline(
+        params.baseline, train_rows, tests, out, runs, metrics, tracking, chance=chance_scores(train_rows, tests)
+    )
     if curve is not None:
         write_curve(tracking and tracking["tracking_uri"], summary["mlflow_run_id"], Path(curve))
     return summary
@@ -204,7 +210,7 @@ def pose_evaluate_stage(
     from pipeline.pose2d.stages import POSE_MODELS, evaluate_pose
 
     raw_roots = {d: params.ingest.datasets[d].raw_root for d in ("coco", "humanart") if d in params.ingest.datasets}
-    return evaluate_pose(
+    summary = evaluate_pose(
         params.pose,
         params.tracking,
         {m: Path(models_root) / m for m in POSE_MODELS},
@@ -218,6 +224,29 @@ def pose_evaluate_stage(
         raw_roots=raw_roots,
         crop=_pose_crop(params),
     )
+    summary["chance"] = _mean_pose_yardstick(Path(metrics_dir))
+    return summary
+
+
+def _mean_pose_yardstick(metrics_dir: Path) -> dict[str, float | None]:
+    """Score the mean-pose predictor (trained on every keypoint training record) like the models:
+    ``<metrics_dir>/mean_pose.json``; returns its AP per domain."""
+    import pyarrow as pa
+
+    from pipeline import layout
+    from pipeline.atomic import write_json_atomic
+    from pipeline.ingest import read_records
+    from pipeline.pose2d.chance import MEAN_POSE, mean_pose_scores, metrics_document
+    from pipeline.pose2d.config import DOMAINS
+    from pipeline.pose2d.stages import ground_truth_files
+
+    columns = ["image_id", "crop_box", "crop_jpeg", "keypoints_crop"]
+    train = pa.concat_tables([read_records(layout.PARQUET / d, "train").select(columns) for d in DOMAINS])
+    vals = {d: read_records(layout.PARQUET / d, "val").select(columns) for d in DOMAINS}
+    gt = {d: ground_truth_files(layout.GROUND_TRUTH, d) for d in DOMAINS}
+    doc = metrics_document(mean_pose_scores(train, vals, gt))
+    write_json_atomic(Path(metrics_dir) / f"{MEAN_POSE}.json", doc)
+    return {d: doc["domains"][d]["AP"] for d in DOMAINS}
 
 
 def pose_register_stage(params: Params, metrics_dir: str | Path, vlpose: str | Path, out: str | Path) -> dict:

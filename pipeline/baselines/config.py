@@ -11,6 +11,8 @@ Example (the defaults)::
       stages: 3               # stages; each after the first halves the resolution
       input_size: 64          # face crops are resized to input_size² before the network
       flip: true              # random horizontal flip (yaw and roll change sign)
+      normalize: per_image    # per_image (blind to a test set's brightness) | imagenet (pretrained backbones)
+      augment: {}             # AugmentConfig (pipeline/baselines/augment.py): rotation, zoom, colour, …
       init_seed: 0            # initial weights (independent of the training seed)
       eval_batch_size: 64
       train: {}               # TrainConfig fields (steps, micro_batch_size, lr, …) of the run
@@ -21,6 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.baselines.augment import AugmentConfig, Normalize
 
 
 class BaselineConfig(BaseModel):
@@ -36,6 +40,8 @@ class BaselineConfig(BaseModel):
     stages: int = Field(3, ge=1, le=6, description="stages (resolution halves at each after the first)")
     input_size: int = Field(64, ge=16, le=1024, description="network input side in pixels")
     flip: bool = Field(True, description="random horizontal flip augmentation")
+    normalize: Normalize = Field("per_image", description="input normalisation: per_image | imagenet")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentation")
     init_seed: int = Field(0, description="seed of the initial weights")
     eval_batch_size: int = Field(64, ge=1, description="images per inference batch")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields of the run")
@@ -70,5 +76,5 @@ class BaselineConfig(BaseModel):
         return v
 
     def model_fields_only(self) -> dict[str, Any]:
-        """The fields that define the network (saved beside the weights): all but ``train``."""
+        """The fields saved beside the weights: all but ``train`` (``augment`` records how it was trained)."""
         return self.model_dump(mode="json", exclude={"train"})

@@ -40,7 +40,7 @@ def predict_table(
     with torch.inference_mode():
         for start in range(0, table.num_rows, size):
             jpegs = table.column("face_jpeg").slice(start, size).to_pylist()
-            angles = model.euler(model(load_faces(jpegs, cfg.input_size)))
+            angles = model.euler(model(load_faces(jpegs, cfg.input_size, normalize=cfg.normalize)))
             poses += [tuple(float(a) for a in row) for row in angles.double().tolist()]
     return poses
 

@@ -75,6 +75,7 @@ def train_baseline(
     runs: str | Path,
     metrics_path: str | Path,
     tracking: Mapping[str, Any] | None = None,
+    chance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, save and evaluate a CNN head-pose baseline.
 
@@ -87,6 +88,8 @@ def train_baseline(
         metrics_path: the metrics JSON (written atomically).
         tracking: MLflow settings passed to the loop (``None``: no MLflow); the test scores are
             logged to the same run.
+        chance: the chance predictor's scores on the same sets
+            (:func:`pipeline.evaluate.yardsticks.chance_scores`), written beside the model's.
 
     Returns:
         ``baseline``, ``steps``, ``final_loss``, ``samples_per_s``, ``startup_seconds``,
@@ -116,6 +119,7 @@ def train_baseline(
             "steps": result.steps,
             "final_loss": result.final_loss,
             "test": tests,
+            **({"chance": dict(chance)} if chance is not None else {}),
         },
     )
     return {

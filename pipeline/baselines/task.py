@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pipeline.baselines.augment import AugmentConfig, Normalize, blur, geometric, normalise, photometric
 from pipeline.baselines.config import BaselineConfig
 from pipeline.baselines.registry import build_baseline
 from pipeline.geometry import flip_euler, rotation_matrix
@@ -34,30 +35,53 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = 1
 
-# ImageNet statistics, as 6DRepNet normalises: a pretrained backbone plugged in expects them.
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+Pose = tuple[float, float, float]
 
 
-def load_faces(jpegs: Sequence[bytes], size: int, flips: Sequence[bool] | None = None) -> torch.Tensor:
-    """Decode face crops into a normalised float batch ``(B, 3, size, size)``.
+def _decode(data: bytes, size: int, flip: bool) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img
+
+
+def _to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    out = np.stack([np.asarray(img) for img in images])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def load_faces(
+    jpegs: Sequence[bytes], size: int, flips: Sequence[bool] | None = None, normalize: Normalize = "per_image"
+) -> torch.Tensor:
+    """Decode face crops into a normalised float batch ``(B, 3, size, size)`` (inference).
 
     Args:
         jpegs: encoded face crops (any PIL-readable format).
         size: output side; crops of another size are resized (bilinear).
         flips: per image, mirror it horizontally (the caller flips the labels to match).
+        normalize: the model's input normalisation (``BaselineConfig.normalize``).
     """
-    out = np.empty((len(jpegs), size, size, 3), dtype=np.uint8)
-    for i, data in enumerate(jpegs):
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            if flips is not None and flips[i]:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            out[i] = np.asarray(img)
-    images = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
-    return (images - _MEAN) / _STD
+    flips = flips if flips is not None else [False] * len(jpegs)
+    images = [_decode(data, size, f) for data, f in zip(jpegs, flips, strict=True)]
+    return normalise(_to_tensor(images), normalize)
+
+
+def augmented_faces(
+    jpegs: Sequence[bytes], flips: Sequence[bool], poses: Sequence[Pose], size: int, normalize: Normalize,
+    cfg: AugmentConfig, rng: np.random.Generator,
+) -> tuple[torch.Tensor, list[Pose]]:  # fmt: skip
+    """Training batch: decoded (and mirrored where ``flips`` says) crops through
+    :mod:`pipeline.baselines.augment`, with the poses the geometric part implies.
+
+    ``poses`` are the labels of the mirrored pictures (the caller flips them to match).
+    """
+    images, out_poses = [], []
+    for data, flip, pose in zip(jpegs, flips, poses, strict=True):
+        img, pose = geometric(_decode(data, size, flip), pose, rng, cfg)
+        images.append(blur(img, rng, cfg))
+        out_poses.append(pose)
+    return normalise(photometric(_to_tensor(images), rng, cfg), normalize), out_poses
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -96,15 +120,23 @@ class BaselineTask:
         return model.train()
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """Images, target rotations and angles; mirrored at random (torch RNG) when ``config.flip``."""
+        """Images, target rotations and angles; mirrored at random (torch RNG) when ``config.flip``,
+        then augmented (``config.augment``) from a generator seeded by torch's RNG."""
         n = len(rows)
         flips = (torch.rand(n) < 0.5).tolist() if self.config.flip else [False] * n
         angles = [
             flip_euler(r["yaw"], r["pitch"], r["roll"]) if f else (r["yaw"], r["pitch"], r["roll"])
             for r, f in zip(rows, flips, strict=True)
         ]
+        cfg, size = self.config, self.config.input_size
+        if cfg.augment.enabled:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+            jpegs = [r["face_jpeg"] for r in rows]
+            images, angles = augmented_faces(jpegs, flips, angles, size, cfg.normalize, cfg.augment, rng)
+        else:
+            images = load_faces([r["face_jpeg"] for r in rows], size, flips, cfg.normalize)
         return {
-            "image": load_faces([r["face_jpeg"] for r in rows], self.config.input_size, flips),
+            "image": images,
             "rotation": torch.from_numpy(np.stack([rotation_matrix(*a) for a in angles])).float(),
             "angles": torch.tensor(angles, dtype=torch.float32),
         }

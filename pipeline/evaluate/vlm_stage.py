@@ -4,8 +4,12 @@ Candidates (DESIGN §5): the base VLM, each LoRA adapter on it, each merged mode
 the head pose of every face in the test sets (trained on 300W-LP, tested on AFLW2000 and BIWI:
 cross-dataset) and the box of the head on held-out 300W-LP frames (does it still ground?).
 
+Beside the cross-dataset sets every candidate is scored in-domain (held-out 300W-LP frames)
+and on the same frames blanked, and the chance predictor's scores are written with the table
+(:mod:`pipeline.evaluate.yardsticks`).
+
 Outputs: ``metrics/eval/<candidate>.json`` per candidate, ``metrics/evaluation.json`` (the
-table of all of them, for ``dvc metrics show/diff``), and the invalid answers kept verbatim in
+table of all of them and ``chance``, for ``dvc metrics show/diff``), and the invalid answers kept verbatim in
 ``reports/invalid_answers/<candidate>.jsonl`` for inspection.
 """
 
@@ -24,6 +28,7 @@ from pipeline.config import Params
 from pipeline.evaluate.headpose import headpose_metrics, mae_by_bin
 from pipeline.evaluate.vlm_answers import grounding_scores, mean_relative_box
 from pipeline.evaluate.vlm_batch import Candidate, answer_questions
+from pipeline.evaluate.yardsticks import BLANK_SUFFIX, IN_DOMAIN, blank_frames, chance_scores
 from pipeline.ingest import read_records
 from pipeline.vlm.families import get_family
 
@@ -57,7 +62,8 @@ def candidates(params: Params, base: Path, adapters: Path | None, merged: Path |
     return out
 
 
-def _first_rows(table: pa.Table, n: int | None) -> pa.Table:
+def first_rows(table: pa.Table, n: int | None) -> pa.Table:
+    """The first ``n`` rows by ``source_id`` (all when ``n`` is None): the same subset every run."""
     table = table.sort_by("source_id")  # a stable subset, whatever the shard order
     return table if n is None else table.slice(0, n)
 
@@ -65,19 +71,25 @@ def _first_rows(table: pa.Table, n: int | None) -> pa.Table:
 def headpose_test_sets(params: Params, parquet_root: Path = layout.PARQUET) -> dict[str, pa.Table]:
     """The cross-dataset test sets every candidate (and the CNN baseline) is scored on."""
     return {
-        name: _first_rows(read_records(parquet_root / name, "test"), params.evaluate.rows_per_set)
+        name: first_rows(read_records(parquet_root / name, "test"), params.evaluate.rows_per_set)
         for name in params.evaluate.headpose_sets
     }
 
 
 def question_table(params: Params, parquet_root: Path = layout.PARQUET) -> pa.Table:
-    """Every question of the evaluation: head pose on each test set, grounding on held-out frames."""
+    """Every question of the evaluation: head pose on the held-out 300W-LP frames (in-domain),
+    on each cross-dataset test set and on the held-out frames blanked (image ablation);
+    grounding on held-out crops."""
     from pipeline.vlm.stages import grounding_rows, heldout_crops
 
     parts = []
+    _, heldout = grounding_rows(params, parquet_root)
+    in_domain = first_rows(heldout, params.evaluate.rows_per_set).select(ROW_COLUMNS)
+    parts.append((in_domain, "headpose", IN_DOMAIN))
     for name, rows in headpose_test_sets(params, parquet_root).items():
         parts.append((rows.select(ROW_COLUMNS), "headpose", name))
-    _, heldout = grounding_rows(params, parquet_root)
+    # The image ablation: the in-domain questions again, on blank frames.
+    parts.append((blank_frames(in_domain), "headpose", IN_DOMAIN + BLANK_SUFFIX))
     crops = heldout_crops(params, heldout.sort_by("source_id"), params.evaluate.grounding_rows)
     parts.append((crops.select(ROW_COLUMNS), "grounding", GROUNDING_SET))
     tables = [
@@ -135,13 +147,18 @@ def score(
 
 
 def summary_row(name: str, kind: str, metrics: dict[str, Any], headpose_sets: list[str]) -> dict[str, Any]:
-    """One line of the candidates table: per-set MAE, their mean, grounding accuracy, invalid rates."""
+    """One line of the candidates table: per-set MAE (in-domain, cross-dataset), the cross-dataset
+    mean, the blank-image MAE, grounding accuracy, invalid rates."""
     row: dict[str, Any] = {"candidate": name, "kind": kind}
     maes = []
-    for s in headpose_sets:
+    for s in (IN_DOMAIN, *headpose_sets):
         m = metrics[s]
         row.update({f"{s}/{k}": m[k] for k in ("mae_yaw", "mae_pitch", "mae_roll", "mae", "maev", "invalid_rate")})
-        maes.append(m["mae"])
+        if s != IN_DOMAIN:
+            maes.append(m["mae"])
+    blank = metrics[IN_DOMAIN + BLANK_SUFFIX]
+    row.update({f"{IN_DOMAIN}{BLANK_SUFFIX}/{k}": blank[k] for k in ("mae", "invalid_rate")})
+    # Mean over the cross-dataset sets only: the in-domain score is a yardstick beside them.
     row["mean_mae"] = None if any(v is None for v in maes) else sum(maes) / len(maes)
     g = metrics[GROUNDING_SET]
     row.update(
@@ -204,7 +221,7 @@ def evaluate_vlm(
     cfg = params.evaluate
     metrics_dir, invalid_dir = Path(metrics_dir), Path(invalid_dir)
     questions = question_table(params, parquet_root)
-    train_rows, _ = grounding_rows(params, parquet_root)
+    train_rows, heldout = grounding_rows(params, parquet_root)
     constant = mean_relative_box(train_rows.select(["head_box", "frame_width", "frame_height"]).to_pylist())
     rows, evaluated, reused, keep = [], [], [], set()
     for cand in candidates(params, base, adapters, merged):
@@ -239,5 +256,8 @@ def evaluate_vlm(
         for stale in folder.glob("*"):
             if stale.name not in keep:
                 stale.unlink()
-    write_json_atomic(table_path, {"candidates": rows})
-    return {"rows": rows, "questions": questions.num_rows, "evaluated": evaluated, "reused": reused}
+    test_sets = {IN_DOMAIN: first_rows(heldout, cfg.rows_per_set)}
+    test_sets.update(headpose_test_sets(params, parquet_root))
+    chance = chance_scores(train_rows, test_sets)
+    write_json_atomic(table_path, {"candidates": rows, "chance": chance})
+    return {"rows": rows, "chance": chance, "questions": questions.num_rows, "evaluated": evaluated, "reused": reused}

@@ -1,12 +1,12 @@
 """``PoseConfig``: the ``pose`` section of ``params.yaml`` (ViTPose, fine-tuned ViTPose, VLPose).
 
-Example (the defaults, sized so that the three training stages take a few minutes on two CPU
-cores with the embedded synthetic COCO + HumanArt)::
+Example (the defaults; the three training stages take about six and a half minutes on a quiet
+two-core box with the embedded synthetic COCO + HumanArt, docs/vlpose_learning.md)::
 
     pose:
       checkpoint: null          # a ViTPose folder (save_pretrained) to use as the original; null = train it
-      size: {image_height: 128, image_width: 96}   # ViTPoseSize fields (classic deconv head)
-      sigma: 2.0                # target Gaussian σ in heatmap cells
+      size: {image_height: 128, image_width: 96, patch_size: 32}   # ViTPoseSize fields (classic deconv head)
+      sigma: 1.5                # target Gaussian σ in heatmap cells
       flip_prob: 0.5            # left-right flip augmentation per training sample
       seed: 0                   # initial weights (ViTPose from scratch, VLPose's matcher)
       vlpose: {}                # VLPoseConfig fields but text_dim (num_heads, num_text_tokens, dropout)
@@ -40,12 +40,13 @@ __all__ = ["DEFAULT_SIZE", "DOMAINS", "PoseConfig", "PoseRegistryConfig"]
 # The evaluation domains: each has a Parquet folder and a ground-truth folder of that name.
 DOMAINS = ("coco", "humanart")
 
-# 128×96 input (half ViTPose's 256×192), patch 16, the classic deconv head: 2.5 M parameters,
-# ~0.2–0.3 s per training step of 16 crops on one loaded CPU core. The simple head is 2.5×
-# faster per step but learns far slower from scratch (its ×4 bilinear upsampling of the 8×6
-# token grid cannot place joints; loss 0.0108 vs 0.0062 after 400 steps) and leaves VLPose's
-# twin decoder without a trainable layer.
-DEFAULT_SIZE: dict[str, Any] = {"image_height": 128, "image_width": 96}
+# 128×96 input (half ViTPose's 256×192), patch 32 (a 4×3 token grid, 16×12 heatmaps), the
+# classic deconv head: 2.8 M parameters. The head's fixed 256-channel deconvs cost ~75 % of a
+# step and scale with the token grid, so patch 32 runs ~2× the crops per second of patch 16
+# (8×6 grid) and a from-scratch model reaches the same error in about half the wall time
+# (docs/vlpose_learning.md). The simple head is faster still but cannot place joints from a
+# coarse grid and leaves VLPose's twin decoder without a trainable layer.
+DEFAULT_SIZE: dict[str, Any] = {"image_height": 128, "image_width": 96, "patch_size": 32}
 
 
 def _dataclass_fields(factory: Callable[[], type], exclude: tuple[str, ...] = ()) -> Any:
@@ -126,17 +127,18 @@ class PoseConfig(BaseModel):
 
     checkpoint: Path | None = Field(None, description="a user's ViTPose folder; null = train the original")
     size: SizeSection = Field(default_factory=lambda: dict(DEFAULT_SIZE), description="ViTPoseSize fields")
-    sigma: float = Field(2.0, gt=0.0, description="target Gaussian σ in heatmap cells")
+    sigma: float = Field(1.5, gt=0.0, description="target Gaussian σ in heatmap cells (1.5 at 16×12)")
     flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="left-right flip probability per sample")
     seed: int = Field(0, description="initial weights of ViTPose (from scratch) and of VLPose's extras")
     vlpose: VLPoseSection = Field(default_factory=dict, description="VLPoseConfig fields but text_dim")
     prompts: PromptSection = Field(default_factory=dict, description="PromptConfig fields")
     text_encoder_dir: Path | None = Field(None, description="local text encoder; null = bundled MiniLM")
     finetune_backbone: bool = Field(True, description="fine-tuned baseline: every weight (false: head only)")
-    # ~4 min for the three on two loaded cores, ~40 s of it Ray + DeepSpeed start-up per stage.
-    train_original: TrainSection = Field(default_factory=lambda: _train(240, 2e-3, 20, 80))
-    finetune: TrainSection = Field(default_factory=lambda: _train(80, 1e-3, 8, 40))
-    train_vlpose: TrainSection = Field(default_factory=lambda: _train(80, 2e-3, 8, 40))
+    # From scratch the original is the one that needs steps; the two adaptations start from it.
+    # Timings of the three on two loaded cores: docs/vlpose_learning.md.
+    train_original: TrainSection = Field(default_factory=lambda: _train(900, 5e-3, 30, 300))
+    finetune: TrainSection = Field(default_factory=lambda: _train(150, 2e-3, 10, 75))
+    train_vlpose: TrainSection = Field(default_factory=lambda: _train(150, 5e-3, 10, 75))
     eval_batch_size: int = Field(32, ge=1, description="crops per inference batch")
     detections: dict[str, Path] | None = Field(
         None, description="domain → COCO-results detections JSON: also evaluate with detected boxes"

@@ -11,8 +11,9 @@ split           string             ``train`` / ``test``
 subset          string             300W-LP subset (``HELEN_Flip``) or BIWI sequence (``07``)
 flip            bool               mirrored twin (300W-LP ``*_Flip``)
 yaw pitch roll  float64            canonical Euler angles, degrees (``pipeline.geometry``)
-face_jpeg       binary             face crop (HopeNet protocol), ``crop_size``² JPEG
-crop_box        fixed_list<f32,4>  that crop in source-image pixels (x0, y0, x1, y1)
+face_jpeg       binary             face crop (HopeNet protocol, squared), ``crop_size``² JPEG
+crop_box        fixed_list<f32,4>  that square crop in source-image pixels (x0, y0, x1, y1); may
+                                   extend past the image (black there)
 crop_margin     float32            the k used for the crop
 frame_jpeg      binary             full frame, longest side ``frame_size``, aspect kept
 frame_width     int32              stored frame width (pixels)
@@ -76,6 +77,21 @@ def expand_box(box: tuple[float, float, float, float], k: float) -> tuple[float,
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     return (x0 - 0.6 * k * w, y0 - 2.0 * k * h, x1 + 0.6 * k * w, y1 + 0.6 * k * h)
+
+
+def square_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The square about ``box``'s centre whose side is its longer side.
+
+    The face crop is stored square; resizing a 0.8:1 landmark crop to a square would stretch
+    faces sideways by 25 % while a square test crop (BIWI's head box) is not stretched, and a
+    yaw regressor reads a horizontally squeezed face as a smaller yaw (measured: BIWI yaw
+    predictions at half their true slope). HopeNet and 6DRepNet keep the aspect too (their
+    ``Resize(240)`` scales the shorter side).
+    """
+    x0, y0, x1, y1 = box
+    half = max(x1 - x0, y1 - y0) / 2.0
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return (cx - half, cy - half, cx + half, cy + half)
 
 
 def sample_margin(lo: float, hi: float, seed: int, source_id: str) -> float:
@@ -146,7 +162,8 @@ def build(sample: HeadPoseSample, item: Item, ctx: dict) -> Outcome:
 
     lo, hi = ctx["crop_margin"]
     k = sample_margin(lo, hi, ctx["seed"], sid)
-    crop_box = clip_box(expand_box(box, k), width, height)
+    # Parts of the square outside the image are black (crop_resize pads), as at a border.
+    crop_box = square_box(expand_box(box, k))
     face = crop_resize(image, crop_box, (ctx["crop_size"], ctx["crop_size"]))
 
     fw, fh = fit_longest_side(width, height, ctx["frame_size"])

@@ -9,7 +9,7 @@ family       grid           cell
 ============ ============== ===========================================================
 ``cogvlm``   000–999        ``round(x / width * 1000)`` clamped to 999 (CogVLM-grounding)
 ``qwen2_vl`` 0–1000         ``round(x / width * 1000)`` (Qwen2-VL ``<|box_start|>``)
-``tiny``     00–99          ``round(x / width * 100)`` clamped to 99 (two characters each)
+``tiny``     0–99           ``round(x / width * 100)`` clamped to 99 (one number token each)
 ============ ============== ===========================================================
 
 A normalised grid is independent of the processor's resize *as long as the processor resizes the
@@ -96,7 +96,7 @@ def _ordered(lo: int, hi: int, max_value: int) -> tuple[int, int]:
 
 COGVLM_GRID = Grid(cells=1000, max_value=999, digits=3)
 QWEN2_VL_GRID = Grid(cells=1000, max_value=1000, digits=0)
-TINY_GRID = Grid(cells=100, max_value=99, digits=2)
+TINY_GRID = Grid(cells=100, max_value=99, digits=0)  # one number token per value
 
 
 def frame_to_model_pixels(box: Box, frame_size: tuple[int, int], model_size: tuple[int, int]) -> Box:

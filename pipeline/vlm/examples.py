@@ -26,8 +26,9 @@ import torch
 from pipeline.imaging import decode_jpeg, encode_jpeg
 from pipeline.vlm.boxes import Box
 from pipeline.vlm.families import VLMFamily, tokenizer_of
+from pipeline.vlm.numbers import number_token
 
-Task = Literal["grounding", "headpose"]
+Task = Literal["grounding", "headpose", "facepoints"]
 TASKS: tuple[Task, ...] = ("grounding", "headpose")
 IGNORE_INDEX = -100  # torch's cross-entropy ignore_index: no loss on these positions
 
@@ -129,12 +130,51 @@ def grounding_example(row: Mapping[str, Any], family: VLMFamily) -> Example:
     return _grounding(image, box, family, sid)
 
 
-def headpose_example(row: Mapping[str, Any], family: VLMFamily) -> Example:
+def face_window(
+    box: Box, context: float, rng: np.random.Generator | None = None, jitter: float = 0.0
+) -> tuple[int, int, int, int]:
+    """A square window of side ``context`` × the box's longer side, centred on the box.
+
+    With ``rng``, the side is scaled by up to ``1 ± jitter`` and the centre moved by up to
+    ``jitter / 2`` of the side (training augmentation: the box given at test time is a detector's
+    or a protocol's, never exactly centred). The window may reach outside the image.
+    """
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = context * max(box[2] - box[0], box[3] - box[1])
+    if rng is not None and jitter > 0:
+        side *= rng.uniform(1 - jitter, 1 + jitter)
+        cx += rng.uniform(-jitter, jitter) * side / 2
+        cy += rng.uniform(-jitter, jitter) * side / 2
+    side = max(2, round(side))
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
+    return x0, y0, x0 + side, y0 + side
+
+
+def face_crop(image: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """``image[y0:y1, x0:x1]`` with black where the window leaves the image (a square stays
+    square, so the processor's resize does not squash the face)."""
+    x0, y0, x1, y1 = window
+    height, width = image.shape[:2]
+    out = np.zeros((y1 - y0, x1 - x0, image.shape[2]), dtype=image.dtype)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
+def headpose_example(
+    row: Mapping[str, Any], family: VLMFamily, rng: np.random.Generator | None = None, jitter: float = 0.0
+) -> Example:
     """The head-pose example of a row: the pose of the head at its (given) box.
+
+    A family with ``headpose_context`` is asked on a square crop around the box
+    (:func:`face_window`); the box in the prompt is then in the crop's pixels.
 
     Args:
         row: one Parquet row as a mapping.
         family: decides the prompt wording and the box syntax in the prompt.
+        rng: with ``jitter``, draws the crop's scale and shift (training); ``None``: the fixed crop.
+        jitter: crop augmentation strength (:func:`face_window`).
 
     Returns:
         The example; ``target`` is ``(yaw, pitch, roll)`` in degrees.
@@ -145,7 +185,70 @@ def headpose_example(row: Mapping[str, Any], family: VLMFamily) -> Example:
     """
     image, box, sid = _frame(row)
     pose = tuple(float(row[name]) for name in ("yaw", "pitch", "roll"))
+    if family.headpose_context is not None:
+        window = face_window(box, family.headpose_context, rng, jitter)
+        image = face_crop(image, window)
+        box = (box[0] - window[0], box[1] - window[1], box[2] - window[0], box[3] - window[1])
     return _headpose(image, box, pose, family, sid)
+
+
+# Five facial points out of the 68-point (iBUG) layout: the two eye centres, the nose tip and
+# the mouth corners — few enough for a short answer, and together they fix the head's rotation.
+FACEPOINT_GROUPS: tuple[tuple[int, ...], ...] = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
+FACEPOINTS_PROMPT = "Where are the eyes, nose and mouth of the person at {box}? answer in [[x,y,...]] format."
+
+
+def facepoints_example(
+    row: Mapping[str, Any], family: VLMFamily, rng: np.random.Generator | None = None, jitter: float = 0.0
+) -> Example | None:
+    """Face-geometry pre-training question: where are the eyes, nose and mouth of the head at its box?
+
+    Asked on the same crop around the box as head pose (``family.headpose_context``); the
+    answer is five points on the crop's 0–99 grid as number tokens, ``[[<x>,<y>,…]]``. Grounding
+    alone teaches the tiny model where a head is, not how it is turned: a base that has also
+    learnt to find the facial points of a face crop already carries the pose's geometry into its
+    text model (docs/vlm_learning.md).
+
+    Returns:
+        The example, or ``None`` when the row has no 68 landmarks or the family does not ask
+        head pose on a crop (only the tiny family is pre-trained here).
+    """
+    if family.headpose_context is None:
+        return None
+    image, box, sid = _frame(row)
+    window = face_window(box, family.headpose_context, rng, jitter)
+    values = _facepoint_values(row, window, family)
+    if values is None:
+        return None
+    side = window[2] - window[0]
+    moved = (box[0] - window[0], box[1] - window[1], box[2] - window[0], box[3] - window[1])
+    return Example(
+        task="facepoints",
+        image=face_crop(image, window),
+        prompt=FACEPOINTS_PROMPT.format(box=family.format_box(moved, side, side)),
+        answer=points_text(values),
+        target=tuple(float(v) for v in values),
+        source_id=sid,
+        head_box=moved,
+    )
+
+
+def _facepoint_values(row: Mapping[str, Any], window: tuple[int, int, int, int], family: VLMFamily) -> list[int] | None:
+    """The five facial points of a row on the 0–99 grid of ``window`` (x, y, x, y, …), or
+    ``None`` without 68 landmarks."""
+    marks = row.get("landmarks")
+    if marks is None or len(marks) != 136 or not row.get("source_width") or not row.get("source_height"):
+        return None
+    sx, sy = row["frame_width"] / row["source_width"], row["frame_height"] / row["source_height"]
+    xy = np.asarray(marks, dtype=np.float64).reshape(68, 2) * (sx, sy)
+    side = window[2] - window[0]
+    points = [xy[list(group)].mean(axis=0) - window[:2] for group in FACEPOINT_GROUPS]
+    return [family.box.grid.to_grid(float(v), side) for p in points for v in p]
+
+
+def points_text(values: Sequence[int]) -> str:
+    """``[[<x>,<y>,…]]``: grid values as number tokens."""
+    return "[[" + ",".join(number_token(v) for v in values) + "]]"
 
 
 _BUILDERS = {"grounding": grounding_example, "headpose": headpose_example}

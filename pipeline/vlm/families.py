@@ -20,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.vlm.boxes import Box
-from pipeline.vlm.prompts import COGVLM_BOX, QWEN2_VL_BOX, TINY_BOX, BoxSyntax, Pose, PromptSet, format_pose, parse_pose
+from pipeline.vlm.prompts import (
+    COGVLM_BOX,
+    QWEN2_VL_BOX,
+    TINY_BOX,
+    BoxSyntax,
+    Pose,
+    PromptSet,
+    format_pose,
+    format_token_pose,
+    parse_pose,
+    parse_token_pose,
+)
 
 Loader = Callable[[Path, bool], tuple[Any, Any]]
 
@@ -40,6 +51,13 @@ class VLMFamily:
         processor_inputs: model inputs come from a transformers processor and its chat
             template. CogVLM builds them with its remote ``build_conversation_input_ids``
             instead, which is not wired in yet (no checkpoint to test it against here).
+        pose_format: writes a head-pose answer from ``(yaw, pitch, roll)``.
+        pose_parser: its strict parser.
+        headpose_context: ``None`` — the head-pose question is asked on the whole frame (real
+            checkpoints see it at their own resolution); a number ``c`` — on a square crop of
+            side ``c`` × the longer side of the box, centred on the box
+            (``pipeline.vlm.examples.face_crop``). The tiny model sees 64 px: on a whole frame
+            the head is ≈ 4×4 patches, too few to read a pose from.
     """
 
     name: str
@@ -49,6 +67,9 @@ class VLMFamily:
     end_token: str | None = None
     requires_remote_code: bool = False
     processor_inputs: bool = True
+    pose_format: Callable[[float, float, float], str] = format_pose
+    pose_parser: Callable[[str], Pose | None] = parse_pose
+    headpose_context: float | None = None
 
     # ------------------------------------------------------------ loading
     def load(self, path: str | Path, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -102,11 +123,11 @@ class VLMFamily:
 
     def headpose_answer(self, yaw: float, pitch: float, roll: float) -> str:
         """The target answer of a head-pose example (see ``pipeline.vlm.prompts``)."""
-        return format_pose(yaw, pitch, roll)
+        return self.pose_format(yaw, pitch, roll)
 
     def parse_headpose(self, text: str) -> Pose | None:
         """``(yaw, pitch, roll)`` of a head-pose answer, or ``None`` if invalid."""
-        return parse_pose(text)
+        return self.pose_parser(text)
 
     # ------------------------------------------------------------ model inputs
     def model_text(self, processor: Any, prompt: str) -> str:
@@ -228,8 +249,19 @@ def _load_cogvlm(folder: Path, trust_remote_code: bool) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+# Crop side around the (already margin-expanded) head box for the tiny model's head-pose
+# question: enough context for the head's outline, the face still ≈ 50 of its 64 pixels.
+TINY_HEADPOSE_CONTEXT = 1.25
+
 FAMILIES: dict[str, VLMFamily] = {
-    "tiny": VLMFamily(name="tiny", box=TINY_BOX, loader=_load_tiny),
+    "tiny": VLMFamily(
+        name="tiny",
+        box=TINY_BOX,
+        loader=_load_tiny,
+        pose_format=format_token_pose,
+        pose_parser=parse_token_pose,
+        headpose_context=TINY_HEADPOSE_CONTEXT,
+    ),
     "qwen2_vl": VLMFamily(
         name="qwen2_vl",
         box=QWEN2_VL_BOX,

@@ -15,9 +15,17 @@ Grounding answers (per family, see ``pipeline.vlm.boxes`` for the grids)
 -----------------------------------------------------------------------
 * ``cogvlm`` — ``[[x0,y0,x1,y1]]`` on 000–999, each value exactly three digits: ``[[012,340,456,789]]``.
 * ``qwen2_vl`` — ``<|box_start|>(x0,y0),(x1,y1)<|box_end|>`` on 0–1000, no leading zeros.
-* ``tiny`` — ``[[x0,y0,x1,y1]]`` on 00–99, each value exactly two digits: ``[[01,34,45,78]]``. Two
-  characters per value rather than CogVLM's three: the tiny model reads one character per token,
-  and a 100-step grid is already finer than its 64-pixel input.
+* ``tiny`` — ``[[x0,y0,x1,y1]]`` on 0–99, each value one number token (``pipeline.vlm.numbers``):
+  ``[[<1>,<34>,<45>,<78>]]``. A 100-step grid is already finer than its 64-pixel input, and one
+  token per value is what lets the tiny model read numbers out at all (docs/vlm_learning.md).
+
+Tiny head-pose answer
+---------------------
+The tiny family writes each angle as its sign and whole degrees as one number token,
+``[[-<12>,+<4>,+<0>]]`` (yaw −12°, pitch +4°, roll 0°): zero is ``+<0>``, magnitudes are
+rounded to whole degrees and capped at 99° (beyond the test protocol's ±99°; the cap is where
+the training targets of the rare wider renders land). The prompt's placeholder stays
+``[[yaw,pitch,roll]]``.
 
 Strictness
 ----------
@@ -35,6 +43,7 @@ import re
 from dataclasses import dataclass
 
 from pipeline.vlm.boxes import COGVLM_GRID, QWEN2_VL_GRID, TINY_GRID, Grid, GridBox
+from pipeline.vlm.numbers import NUMBER_MAX, NUMBER_PATTERN
 
 Pose = tuple[float, float, float]
 
@@ -84,6 +93,45 @@ def parse_pose(text: str) -> Pose | None:
         if abs(value) > MAX_ABS_ANGLE:
             return None
         values.append(value)
+    return values[0], values[1], values[2]
+
+
+_TOKEN_ANGLE = rf"([+-]){NUMBER_PATTERN}"
+_TOKEN_POSE_RE = re.compile(rf"\[\[{_TOKEN_ANGLE},{_TOKEN_ANGLE},{_TOKEN_ANGLE}\]\]")
+
+
+def format_token_angle(value: float) -> str:
+    """One angle in the tiny format (``+<4>``, ``-<12>``): whole degrees, capped at 99.
+
+    Raises:
+        ValueError: if ``value`` is not finite or beyond ±180° (no Euler decomposition gives
+            that: a broken label, as for the decimal format).
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"angle {value} is not a finite number")
+    if abs(value) > MAX_ABS_ANGLE:
+        raise ValueError(f"angle {value}° is outside ±{MAX_ABS_ANGLE:g}°")
+    magnitude = min(NUMBER_MAX, round(abs(float(value))))
+    sign = "-" if value < 0 and magnitude > 0 else "+"
+    return f"{sign}<{magnitude}>"
+
+
+def format_token_pose(yaw: float, pitch: float, roll: float) -> str:
+    """The tiny family's head-pose answer ``[[±<yaw>,±<pitch>,±<roll>]]``."""
+    return "[[" + ",".join(format_token_angle(v) for v in (yaw, pitch, roll)) + "]]"
+
+
+def parse_token_pose(text: str) -> Pose | None:
+    """``(yaw, pitch, roll)`` of a tiny head-pose answer, or ``None`` if it is not exactly valid."""
+    match = _TOKEN_POSE_RE.fullmatch(text)
+    if match is None:
+        return None
+    groups = match.groups()
+    values = []
+    for sign, magnitude in zip(groups[0::2], groups[1::2], strict=True):
+        if sign == "-" and magnitude == "0":
+            return None  # one spelling per value: zero is +<0>
+        values.append(float(int(magnitude)) * (-1.0 if sign == "-" else 1.0))
     return values[0], values[1], values[2]
 
 
@@ -150,9 +198,9 @@ QWEN2_VL_BOX = BoxSyntax(
 )
 TINY_BOX = BoxSyntax(
     grid=TINY_GRID,
-    template="[[{x0},{y0},{x1},{y1}]]",
+    template="[[<{x0}>,<{y0}>,<{x1}>,<{y1}>]]",
     placeholder="[[x0,y0,x1,y1]]",
-    pattern=re.compile(rf"\[\[{_fixed(2)},{_fixed(2)},{_fixed(2)},{_fixed(2)}\]\]"),
+    pattern=re.compile(rf"\[\[{NUMBER_PATTERN},{NUMBER_PATTERN},{NUMBER_PATTERN},{NUMBER_PATTERN}\]\]"),
 )
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline import layout
 from pipeline.atomic import atomic_dir, write_json_atomic
@@ -27,13 +26,12 @@ LINK_FILE = "checkpoint.json"  # models/base/checkpoint.json when params name a 
 
 
 def grounding_rows(params: Params, parquet_root: Path = layout.PARQUET) -> tuple[pa.Table, pa.Table]:
-    """Training frames and held-out frames for the VLM (a fixed hash split by ``source_id``)."""
+    """Training frames and held-out frames for the VLM: a fixed hash split by picture (flip
+    twins on the same side), the same split the CNN baseline's in-domain score uses."""
+    from pipeline.evaluate.yardsticks import split_heldout
+
     tables = [read_records(parquet_root / name, "train") for name in params.vlm.grounding_data]
-    table = pa.concat_tables(tables)
-    ids = table.column("source_id").to_pylist()
-    held = [row_fraction(params.seed, sid, "heldout") < params.vlm.heldout_fraction for sid in ids]
-    mask = pa.array(held)
-    return table.filter(pc.invert(mask)), table.filter(mask)
+    return split_heldout(pa.concat_tables(tables), params.seed, params.vlm.heldout_fraction)
 
 
 def heldout_crops(params: Params, heldout: pa.Table, n: int) -> pa.Table:
@@ -169,12 +167,16 @@ def pretrain_base(
             seed=params.seed,
             crop_min_scale=params.vlm.crop_min_scale,
             torch_threads=params.vlm.torch_threads,
+            headpose_jitter=params.vlm.headpose_jitter,
+            number_sigma=params.vlm.number_sigma,
+            facepoints=params.pretrain_base.facepoints,
         )
         cfg = _train_config(params.pretrain_base.train)
         name = run_name(
             "pretrain_base",
             cfg.model_dump(),
             params.vlm.model_dump(mode="json"),
+            params.pretrain_base.facepoints,
             params.seed,
             _data_digest(params, parquet_root),
         )
@@ -250,6 +252,8 @@ def train_lora(
         trust_remote_code=params.vlm.trust_remote_code,
         crop_min_scale=params.vlm.crop_min_scale,
         torch_threads=params.vlm.torch_threads,
+        headpose_jitter=params.vlm.headpose_jitter,
+        number_sigma=params.vlm.number_sigma,
     )
     train_rows, heldout = grounding_rows(params, parquet_root)
     cfg = _train_config(params.lora.train, steps=adapter.steps)
@@ -260,6 +264,8 @@ def train_lora(
         cfg.model_dump(),
         lora,
         adapter.model_dump(),
+        # the question mix and loss of the adapter's examples (headpose_jitter, number_sigma…)
+        params.vlm.model_dump(mode="json"),
         params.seed,
         _data_digest(params, parquet_root),
         dvc_md5(base_dir),

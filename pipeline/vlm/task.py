@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.vlm.examples import collate, grounding_example, headpose_example, random_crop
-from pipeline.vlm.families import get_family
+from pipeline.vlm.examples import collate, facepoints_example, grounding_example, headpose_example, random_crop
+from pipeline.vlm.families import get_family, tokenizer_of
+from pipeline.vlm.numbers import number_token_ids, ordinal_loss, soft_targets
 
 REQUIRED_COLUMNS = ("source_id", "frame_jpeg", "frame_width", "frame_height", "head_box", "yaw", "pitch", "roll")
+FACEPOINT_COLUMNS = ("landmarks", "source_width", "source_height")  # landmarks are in source pixels
 
 
 def row_fraction(seed: int, source_id: str, salt: str = "") -> float:
@@ -52,6 +54,15 @@ class VLMTask:
             whole head; ``None`` trains on whole frames.
         torch_threads: intra-op threads per worker (oversubscribing 2 cores makes a tiny model
             10× slower); ``None`` leaves torch's default.
+        headpose_jitter: for a family that asks head pose on a crop around the box
+            (``headpose_context``), the crop's random scale/shift in training
+            (``examples.face_window``) — instead of ``crop_min_scale``, which would cut the face.
+        facepoints: fraction of training questions asked as the face-geometry question
+            (``examples.facepoints_example``: eyes, nose and mouth on a face crop), drawn per
+            step; rows without landmarks keep their grounding / head-pose question.
+        number_sigma: width (in values) of the Gaussian soft target of number tokens
+            (``pipeline.vlm.numbers.ordinal_loss``); 0, or a tokenizer without number tokens:
+            the model's own cross-entropy.
     """
 
     family: str = "tiny"
@@ -63,13 +74,22 @@ class VLMTask:
     trust_remote_code: bool = False
     crop_min_scale: float | None = None
     torch_threads: int | None = 1
+    headpose_jitter: float = 0.0
+    number_sigma: float = 0.0
+    facepoints: float = 0.0
     required_columns: tuple[str, ...] = REQUIRED_COLUMNS
     _processor: Any = field(default=None, repr=False, compare=False)
+    _targets: Any = field(default=None, repr=False, compare=False)
 
-    # The processor is rebuilt in each worker rather than pickled with the task.
+    def __post_init__(self) -> None:
+        if self.facepoints > 0:
+            self.required_columns = tuple(dict.fromkeys((*self.required_columns, *FACEPOINT_COLUMNS)))
+
+    # The processor (and the soft-target table) is rebuilt in each worker rather than pickled.
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_processor"] = None
+        state["_targets"] = None
         return state
 
     # ------------------------------------------------------------ building
@@ -142,8 +162,15 @@ class VLMTask:
         """The question a row becomes (grounding with probability ``rehearsal``), randomly
         cropped when ``crop_min_scale`` is set and ``rng`` is given."""
         family = get_family(self.family)
+        if self.facepoints > 0 and rng is not None and rng.uniform() < self.facepoints:
+            points = facepoints_example(row, family, rng, self.headpose_jitter)
+            if points is not None:
+                return points
         if row_fraction(self.seed, str(row["source_id"]), "task") < self.rehearsal:
             example = grounding_example(row, family)
+        elif family.headpose_context is not None:
+            # Already a crop around the face: augment by moving that crop, never by cutting it.
+            return headpose_example(row, family, rng, self.headpose_jitter)
         else:
             example = headpose_example(row, family)
         if self.crop_min_scale is not None and rng is not None:
@@ -157,7 +184,23 @@ class VLMTask:
         return collate([self.example(r, rng) for r in rows], get_family(self.family), self.processor)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**batch).loss
+        targets = self._soft_targets(model)
+        if targets is None:
+            return model(**batch).loss
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return ordinal_loss(model(**inputs).logits, batch["labels"], targets)
+
+    def _soft_targets(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """The ordinal target table, or ``None`` for plain cross-entropy (built once per worker)."""
+        if self.number_sigma <= 0:
+            return None
+        if self._targets is None:
+            ids = number_token_ids(tokenizer_of(self.processor))
+            if ids is None:
+                return None
+            vocab = getattr(model, "module", model).get_output_embeddings().weight.shape[0]
+            self._targets = soft_targets(vocab, ids, self.number_sigma)
+        return self._targets
 
     def save(self, model: torch.nn.Module, out_dir: Path) -> None:
         """Base: ``save_pretrained`` model + processor. LoRA: the PEFT adapter only."""
@@ -168,4 +211,6 @@ class VLMTask:
             module.save_pretrained(out_dir, safe_serialization=True)
             self.processor.save_pretrained(out_dir)
         else:
-            module.save_pretrained(out_dir, safe_serialization=True)
+            # Factors only: with lm_head among the targets PEFT would also store the (frozen,
+            # unchanged) base output layer, which is the base's, not the adapter's.
+            module.save_pretrained(out_dir, safe_serialization=True, save_embedding_layers=False)

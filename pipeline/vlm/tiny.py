@@ -8,9 +8,9 @@ that the processor expands into one token per patch, and plain ``pixel_values``.
 
 Text goes through its own character-level tokenizer (``tokenizers`` WordLevel over single
 characters + ``PreTrainedTokenizerFast``): every printable ASCII character and ``\\n`` is one
-token, so digits, signs and brackets of the answer formats are single tokens and nothing about
-the tokenizer needs training. Images go through ``CLIPImageProcessorPil`` (the variant that
-needs no torchvision) set to resize the *whole* frame to ``image_size``² — no centre crop, so a
+token, plus one token per integer 0–99 (``<0>``…``<99>``, ``pipeline.vlm.numbers``) in which the
+tiny family writes box corners and angles; nothing about the tokenizer needs training. Images go
+through ``CLIPImageProcessorPil`` (the variant that needs no torchvision) set to resize the *whole* frame to ``image_size``² — no centre crop, so a
 box given as a fraction of the stored frame is the same fraction of the image the model sees
 (``pipeline.vlm.boxes``). Both are bundled as a ``LlavaProcessor`` with a minimal chat template,
 so the tiny model takes the same code path (``apply_chat_template``) as real checkpoints.
@@ -22,6 +22,7 @@ reads them back with ``local_files_only=True``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +30,8 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.vlm.numbers import NUMBER_TOKENS
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)
@@ -90,12 +93,17 @@ class TinyVLMConfig(BaseModel):
         return (self.image_size // self.patch_size) ** 2
 
 
-def build_char_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS, **named: str) -> Any:
+def build_char_tokenizer(
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS, words: tuple[str, ...] = (), **named: str
+) -> Any:
     """A character-level ``PreTrainedTokenizerFast``: one token per character.
 
     Args:
         special_tokens: tokens matched whole before splitting into characters (image
             placeholders, pad, bos/eos, …); they come first in the vocabulary.
+        words: ordinary (not special) tokens also matched whole, e.g. the number tokens
+            ``<0>``…``<99>`` (``pipeline.vlm.numbers``); they follow the characters in the
+            vocabulary, in the given order, and decode as written.
         **named: the tokenizer's named special tokens (``pad_token=PAD``, ``eos_token=EOS``, …);
             defaults to this module's pad/bos/eos/unk.
 
@@ -105,12 +113,14 @@ def build_char_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS, **nam
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate((*special_tokens, *CHARACTERS))}
+    vocab = {tok: i for i, tok in enumerate((*special_tokens, *CHARACTERS, *words))}
     unk = named.get("unk_token", UNK)
     if unk not in vocab:
         vocab[unk] = len(vocab)
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # Longest words first so that "<12>" is never split as "<1" + "2>"; then single characters.
+    alternatives = [re.escape(w) for w in sorted(words, key=len, reverse=True)] + ["."]
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("|".join(alternatives)), behavior="isolated")
     core.decoder = decoders.Fuse()  # WordLevel's default decoder would join characters with spaces
     names = named or {"pad_token": PAD, "bos_token": BOS, "eos_token": EOS, "unk_token": UNK}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, **names)
@@ -135,7 +145,7 @@ def build_tiny_processor(cfg: TinyVLMConfig) -> Any:
         crop_size={"height": cfg.image_size, "width": cfg.image_size},
         resample=2,  # bilinear, as the stored frames were resized
     )
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(words=NUMBER_TOKENS)
     tokenizer.padding_side = "right"  # training; generation asks for left padding explicitly
     return LlavaProcessor(
         image_processor=image_processor,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -84,6 +85,15 @@ def test_flow_direct_mode_calls_stage_functions(harness, tmp_path, monkeypatch):
     m = json.loads((repo / "metrics" / "ingest" / "aflw2000.json").read_text())
     assert m["counts_in"] == 40 and m["kept"] + m["filtered"] + m["quarantined"] == 40
     assert not (repo / "dvc.lock").exists()  # DVC was not involved
+    # Both stages joined one Ray that the flow started for the run, and stopped after it: no
+    # process runs from its state folder any more, and the folder is gone.
+    import psutil
+
+    run = json.loads((repo / "reports" / "pipeline_run.json").read_text())
+    state_dir = run["shared_ray"]["state_dir"]
+    assert run["shared_ray"]["address"].startswith("127.0.0.1:")
+    left = [p for p in psutil.process_iter(["cmdline"]) if state_dir in " ".join(p.info["cmdline"] or [])]
+    assert not left and not Path(state_dir).exists()
     # No evaluation yet: no result artifacts (the run above was restricted to two stages).
     assert not asyncio.run(_artifact("candidates"))
 

@@ -17,7 +17,7 @@ from pipeline.datasets.base import LayoutError
 from pipeline.geometry import biwi_matrix_to_euler
 from pipeline.imaging import decode_jpeg
 from pipeline.ingest import IngestError, ingest, read_records
-from pipeline.records.headpose import SCHEMA, expand_box
+from pipeline.records.headpose import SCHEMA, expand_box, square_box
 from tests.conftest import subprocess_env, tiny_params_dict
 
 PARAMS = parse_params(tiny_params_dict())
@@ -63,9 +63,9 @@ def test_300w_lp_round_trip(synthetic_raw, tmp_path):
         k = row["crop_margin"]
         assert 0.2 <= k <= 0.4
         box = (lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max())
-        x0, y0, x1, y1 = expand_box(box, k)
-        w, h = row["source_width"], row["source_height"]
-        assert np.allclose(row["crop_box"], [max(0, x0), max(0, y0), min(w, x1), min(h, y1)], atol=1e-3)
+        x0, y0, x1, y1 = row["crop_box"]
+        assert np.allclose(row["crop_box"], square_box(expand_box(box, k)), atol=1e-3)
+        assert abs((x1 - x0) - (y1 - y0)) < 1e-3  # square: faces are not stretched
         assert decode_jpeg(row["face_jpeg"]).shape == (PARAMS.ingest.crop_size,) * 2 + (3,)
         frame = decode_jpeg(row["frame_jpeg"])
         assert frame.shape == (row["frame_height"], row["frame_width"], 3)

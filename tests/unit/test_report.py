@@ -22,7 +22,13 @@ def _sets(mae_a, mae_b, inv=0.0):
             "by_yaw_bin": [{"bin": "0-15", "n": 5, "mae": m - 1}, {"bin": "15-30", "n": 5, "mae": m + 1}],
         }
 
-    return {"aflw2000": one(mae_a), "biwi_hpdb": one(mae_b)}
+    # In-domain (held-out 300W-LP) a little better than cross-dataset; blank images at 26°.
+    return {"300w_lp": one(mae_a - 1), "aflw2000": one(mae_a), "biwi_hpdb": one(mae_b), "300w_lp_blank": one(26.0)}
+
+
+CHANCE = {"answer": {"yaw": 0.0, "pitch": 0.0, "roll": 0.0}, **_sets(30.0, 32.0)}
+CHANCE.pop("300w_lp_blank")
+CHANCE["300w_lp"] = {**CHANCE["300w_lp"], "mae": 25.0}
 
 
 def _row(name, kind, a, b, g, inv=0.0):
@@ -37,7 +43,7 @@ def _row(name, kind, a, b, g, inv=0.0):
     }
 
 
-def _write_metrics(root):
+def _write_metrics(root, baseline=(12.0, 14.0)):
     rows = [
         _row("base", "base", 30.0, 32.0, 0.9),
         _row("lora:hpe", "lora", 10.0, 12.0, 0.2),
@@ -45,7 +51,7 @@ def _write_metrics(root):
         _row("merge:ties", "merged", 20.0, 21.0, 0.8, 0.5),
     ]
     (root / layout.evaluation_table()).parent.mkdir(parents=True, exist_ok=True)
-    (root / layout.evaluation_table()).write_text(json.dumps({"candidates": rows}))
+    (root / layout.evaluation_table()).write_text(json.dumps({"candidates": rows, "chance": CHANCE}))
     (root / layout.eval_metrics_dir()).mkdir(exist_ok=True)
     for r in rows:
         a, b = r["aflw2000/mae"], r["biwi_hpdb/mae"]
@@ -54,7 +60,7 @@ def _write_metrics(root):
         )
     (root / layout.baseline_metrics()).write_text(
         json.dumps(
-            {"baseline": "6drepnet", "backbone": "small_cnn", "steps": 10, "final_loss": 0.1, "test": _sets(12.0, 14.0)}
+            {"baseline": "6drepnet", "backbone": "small_cnn", "steps": 10, "final_loss": 0.1, "test": _sets(*baseline)}
         )
     )
     merged = root / layout.merged_out("layer_wta")
@@ -92,11 +98,37 @@ def test_report_renders_every_candidate_and_marks_published_rows(tmp_path):
     md = md_path.read_text()
     for name in ("base", "lora:hpe", "merge:layer_wta", "merge:ties", "6drepnet (CNN baseline)"):
         assert f"| {name} |" in md
-    assert "| *6DRepNet (published)* | *3.63* | *4.91* | *3.37* | *3.97* | *3.24* | *4.48* | *2.68* | *3.47*" in md
-    # Findings are computed: best candidate, its change against the baseline, lost grounding, invalid answers.
-    assert "Lowest mean cross-dataset MAE (at most 5% invalid answers): **merge:layer_wta** (10.00°)" in md
+    assert "| *6DRepNet (published)* | — | *3.63* | *4.91* | *3.37* | *3.97* | *3.24* | *4.48* | *2.68* | *3.47*" in md
+    # The yardsticks: a chance row, the in-domain column, MAE / chance and the blank-image MAE.
+    assert "| chance (training median) | **25.00** | 30.00 | 31.00 | 29.00 | **30.00** |" in md
+    assert (
+        "| merge:layer_wta | **8.00** | 9.00 | 10.00 | 8.00 | **9.00** | 11.00 | 12.00 | 10.00 | **11.00** | 10.00 | 0.30 / 0.34 | 26.00 |"
+        in md
+    )
+    # Findings are computed: chance ratios, best learnt candidate, its change against the learnt
+    # baseline, the blank-image ablation, grounding kept/lost, invalid answers, the paper's claim.
+    assert "Chance (always the training median): 300W-LP held-out 25.00°, AFLW2000 30.00°, BIWI 32.00°." in md
+    assert "base: MAE / chance 300W-LP held-out 1.16×, AFLW2000 1.00×, BIWI 1.00×: **not clearly below chance**" in md
+    assert (
+        "Lowest mean cross-dataset MAE among learnt models (at most 5% invalid answers): **merge:layer_wta** (10.00°)"
+        in md
+    )
     assert "23.1% lower mean MAE (10.00° vs 13.00°)" in md
-    assert "lora:hpe lost grounding" in md and "merge:ties gives invalid head-pose answers on 50%" in md
+    assert (
+        "merge:layer_wta on blank images: MAE 26.00° vs 8.00° on the real held-out frames (chance 25.00°): its answers depend on the image."
+        in md
+    )
+    assert (
+        "base on blank images: MAE 26.00° vs 29.00° on the real held-out frames (chance 25.00°): **its answers do not depend on the image**."
+        in md
+    )
+    assert "lora:hpe lost grounding: acc@0.5 0.20 vs base 0.90 (22% of base)" in md
+    assert "merge:layer_wta kept grounding: acc@0.5 0.85 vs base 0.90 (94% of base)" in md
+    assert "merge:ties gives invalid head-pose answers on 50%" in md
+    assert (
+        "Paper's claim (layer_wta has the lowest error of the adapters it merges): reproduced: layer_wta 10.00° vs lora:hpe 11.00°."
+        in md
+    )
     figures = sorted(p.name for p in (tmp_path / "reports" / "figures").glob("*.png"))
     assert figures == [
         "grounding_vs_headpose.png",
@@ -108,6 +140,14 @@ def test_report_renders_every_candidate_and_marks_published_rows(tmp_path):
     for f in figures:
         assert f"figures/{f}" in md
     assert "| merge:layer_wta | 1 | yes | first |" in md
+
+
+def test_report_draws_no_comparison_with_a_model_at_chance(tmp_path):
+    """A baseline at chance is not compared with the VLMs, however the MAEs rank."""
+    _write_metrics(tmp_path, baseline=(29.0, 33.0))
+    md = render(collect(tmp_path), tmp_path / "reports", grounding_tolerance=0.1).read_text()
+    assert "vs the CNN baseline" not in md
+    assert "No VLM-vs-baseline comparison: 6drepnet (CNN baseline) is not clearly below chance." in md
 
 
 def test_report_needs_the_evaluation_table(tmp_path):
@@ -129,15 +169,18 @@ def test_keypoint_section_compares_the_three_pose_models(tmp_path):
 
     pose = tmp_path / layout.pose_metrics_dir()
     pose.mkdir(parents=True, exist_ok=True)
-    for name, coco, art in (("original", 0.30, 0.10), ("finetuned", 0.28, 0.20), ("vlpose", 0.31, 0.25)):
+    models = (("original", 0.30, 0.10), ("finetuned", 0.28, 0.20), ("vlpose", 0.31, 0.25), ("mean_pose", 0.01, 0.02))
+    for name, coco, art in models:
         (pose / f"{name}.json").write_text(json.dumps(doc(coco, art)))
     md = render(collect(tmp_path), tmp_path / "reports").read_text()
     section = md[md.index("## Keypoints") :]
     for row in ("| original | 30.00 | 10.00 |", "| finetuned | 28.00 | 20.00 |", "| vlpose | 31.00 | 25.00 |"):
         assert row in section
     assert "*VLPose-B (published)*" in section or "(published)*" in section
-    assert "VLPose humanart AP 25.00 is above the fine-tuned ViTPose's 20.00." in md
-    assert "VLPose coco AP 31.00 is above the fine-tuned ViTPose's 28.00." in md
+    assert "VLPose humanart AP 25.00 is above the fine-tuned ViTPose's 20.00 (by 5.00 AP points)." in md
+    assert "original: coco AP 30.00 vs mean pose 1.00; humanart AP 10.00 vs mean pose 2.00." in md
+    assert "| mean_pose | 1.00 | 2.00 |" in section  # the yardstick's row in the table
+    assert "VLPose coco AP 31.00 is above the fine-tuned ViTPose's 28.00 (by 3.00 AP points)." in md
     assert (tmp_path / "reports" / "figures" / "keypoint_ap_by_scene.png").stat().st_size > 0
 
 
@@ -159,11 +202,16 @@ def test_result_records_hold_every_row_of_the_report_tables(tmp_path):
     inputs = collect(tmp_path)
     recs = {r["candidate"]: r for r in candidate_records(inputs)}
     assert list(recs) == ["base", "lora:hpe", "merge:layer_wta", "merge:ties", "6drepnet (CNN baseline)",
-                          "6DRepNet (published)"]  # fmt: skip
+                          "chance (training median)", "6DRepNet (published)"]  # fmt: skip
     assert recs["merge:ties"] == {
-        "candidate": "merge:ties", "kind": "merged", "AFLW2000 MAE": 20.0, "AFLW2000 invalid %": 50.0,
-        "BIWI MAE": 21.0, "BIWI invalid %": 50.0, "mean MAE": 20.5, "grounding acc@0.5": 0.8,
+        "candidate": "merge:ties", "kind": "merged", "300W-LP held-out MAE": 19.0, "AFLW2000 MAE": 20.0,
+        "AFLW2000 × chance": 0.67, "AFLW2000 invalid %": 50.0, "BIWI MAE": 21.0, "BIWI × chance": 0.66,
+        "BIWI invalid %": 50.0, "mean MAE": 20.5, "blank-image MAE": 26.0, "grounding acc@0.5": 0.8,
     }  # fmt: skip
+    assert (
+        recs["chance (training median)"]["AFLW2000 MAE"] == 30.0
+        and recs["chance (training median)"]["kind"] == "chance"
+    )
     assert recs["6drepnet (CNN baseline)"]["mean MAE"] == 13.0 and recs["6drepnet (CNN baseline)"]["kind"] == "baseline"
     assert recs["6DRepNet (published)"]["kind"] == "published" and recs["6DRepNet (published)"]["mean MAE"] == 3.72
 

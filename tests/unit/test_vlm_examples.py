@@ -63,9 +63,15 @@ def test_examples_from_parquet_rows(rows):
         assert ground.image.shape == (height, width, 3) and ground.size == (width, height)
         assert ground.prompt == fam.grounding_prompt()
         assert iou(fam.parse_grounding(ground.answer, width, height), tuple(row["head_box"])) > 0.9
-        assert pose.prompt == fam.headpose_prompt(tuple(row["head_box"]), width, height)
+        # The tiny family is asked on a square crop around the box, the box centred in it.
+        side = pose.size[0]
+        assert pose.size[0] == pose.size[1] and side > 1
+        hx0, hy0, hx1, hy1 = pose.head_box
+        assert abs((hx0 + hx1) / 2 - side / 2) <= 1 and abs((hy0 + hy1) / 2 - side / 2) <= 1
+        assert max(hx1 - hx0, hy1 - hy0) * fam.headpose_context == pytest.approx(side, abs=1)
+        assert pose.prompt == fam.headpose_prompt(pose.head_box, side, side)
         assert pose.prompt.startswith("What is the head pose of the person at [[")
-        assert fam.parse_headpose(pose.answer) == tuple(round(row[k], 1) for k in ("yaw", "pitch", "roll"))
+        assert fam.parse_headpose(pose.answer) == tuple(float(round(row[k])) for k in ("yaw", "pitch", "roll"))
         assert pose.target == (row["yaw"], row["pitch"], row["roll"]) and pose.source_id == row["source_id"]
     with pytest.raises(KeyError, match="grounding, headpose"):
         examples_from_rows(rows[:1], fam, tasks=("caption",))
@@ -94,9 +100,13 @@ def test_crops_move_the_box_and_keep_the_pose(rows):
     assert np.array_equal(cropped.image, ground.image[window[1] : window[3], window[0] : window[2]])
     assert cropped.target == pytest.approx((x0 - window[0], y0 - window[1], x1 - window[0], y1 - window[1]))
     assert cropped.answer == fam.grounding_answer(cropped.target, *cropped.size)
-    moved = crop_example(pose, fam, window)
-    assert moved.answer == pose.answer and moved.head_box == cropped.target
-    assert moved.prompt == fam.headpose_prompt(cropped.target, *cropped.size)
+    # The tiny head-pose example is already a crop around the box: crop it again inside that.
+    px0, py0, px1, py1 = pose.head_box
+    inner = (max(0, int(px0) - 1), max(0, int(py0) - 1), min(pose.size[0], int(np.ceil(px1)) + 1), pose.size[1])
+    moved = crop_example(pose, fam, inner)
+    shifted = (px0 - inner[0], py0 - inner[1], px1 - inner[0], py1 - inner[1])
+    assert moved.answer == pose.answer and moved.head_box == pytest.approx(shifted)
+    assert moved.prompt == fam.headpose_prompt(moved.head_box, *moved.size)
     with pytest.raises(ValueError, match="cuts the head box"):
         crop_example(ground, fam, (int(x0) + 2, 0, ground.size[0], ground.size[1]))
 
@@ -108,7 +118,7 @@ def test_crops_move_the_box_and_keep_the_pose(rows):
             box = a.target if a.task == "grounding" else a.head_box
             w, h = a.size
             assert 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
-            assert w >= 0.5 * ground.size[0] - 1 and h >= 0.5 * ground.size[1] - 1
+            assert w >= 0.5 * ex.size[0] - 1 and h >= 0.5 * ex.size[1] - 1
 
 
 def test_cropped_rows_agree_with_cropped_examples(rows):

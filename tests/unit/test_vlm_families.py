@@ -30,7 +30,7 @@ def test_prompts_use_each_familys_box_syntax():
     assert "<|box_start|>(x0,y0),(x1,y1)<|box_end|>" in qwen.grounding_prompt()
     box = (32.0, 24.0, 96.0, 72.0)  # of a 128×96 frame
     assert tiny.headpose_prompt(box, 128, 96) == (
-        "What is the head pose of the person at [[25,25,75,75]]? answer in [[yaw,pitch,roll]] format."
+        "What is the head pose of the person at [[<25>,<25>,<75>,<75>]]? answer in [[yaw,pitch,roll]] format."
     )
     assert "at [[250,250,750,750]]?" in cog.headpose_prompt(box, 128, 96)
     assert "at <|box_start|>(250,250),(750,750)<|box_end|>?" in qwen.headpose_prompt(box, 128, 96)

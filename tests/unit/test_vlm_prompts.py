@@ -90,7 +90,8 @@ def test_every_family_has_its_box_syntax():
         ("cogvlm", (12, 340, 456, 999), "[[012,340,456,999]]"),
         ("cogvlm", (0, 0, 1, 1), "[[000,000,001,001]]"),
         ("qwen2_vl", (0, 7, 456, 1000), "<|box_start|>(0,7),(456,1000)<|box_end|>"),
-        ("tiny", (1, 34, 45, 99), "[[01,34,45,99]]"),
+        ("tiny", (1, 34, 45, 99), "[[<1>,<34>,<45>,<99>]]"),
+        ("tiny", (0, 0, 1, 1), "[[<0>,<0>,<1>,<1>]]"),
     ],
 )
 def test_box_text_examples(family, grid_box, text):
@@ -138,16 +139,18 @@ INVALID_BOXES = {
         "[[012,340,456,789]]",
     ],
     "tiny": [
-        "[[1,34,45,78]]",  # two digits each
-        "[[001,034,045,078]]",
-        "[[45,34,01,78]]",
-        "[[01,78,45,34]]",
-        "[[01,34,01,78]]",
-        "[[01,34,45,78]]\n",
-        "[[01,34,45,78]]</s>",
-        "[[01,34,45]]",
-        "[[+1,34,45,78]]",
-        "[[-12.3,+4.0,+0.5]]",  # a pose is not a box
+        "[[01,34,45,78]]",  # characters, not number tokens
+        "[[<01>,<34>,<45>,<78>]]",  # no leading zeros
+        "[[<1>,<34>,<45>,<100>]]",  # off the 0-99 grid
+        "[[<45>,<34>,<1>,<78>]]",
+        "[[<1>,<78>,<45>,<34>]]",
+        "[[<1>,<34>,<1>,<78>]]",
+        "[[<1>,<34>,<45>,<78>]]\n",
+        "[[<1>,<34>,<45>,<78>]]</s>",
+        "[[<1>, <34>,<45>,<78>]]",
+        "[[<1>,<34>,<45>]]",
+        "[[+<1>,<34>,<45>,<78>]]",
+        "[[-<12>,+<4>,+<0>]]",  # a pose is not a box
         "",
     ],
 }
@@ -168,9 +171,57 @@ def test_box_format_refuses_illegal_boxes(family):
             syntax.format(bad)
 
 
-@pytest.mark.parametrize("family", sorted(SYNTAXES))
-def test_headpose_answers_are_the_same_format_in_every_family(family):
+@pytest.mark.parametrize("family", ["qwen2_vl", "cogvlm"])
+def test_real_families_answer_head_pose_in_the_decimal_format(family):
     fam = get_family(family)
     assert fam.headpose_answer(-12.34, 4.0, 0.5) == "[[-12.3,+4.0,+0.5]]"
     assert fam.parse_headpose("[[-12.3,+4.0,+0.5]]") == (-12.3, 4.0, 0.5)
     assert fam.parse_headpose("[[-12.3,+4.0,+0.5]] ") is None
+
+
+# ---------------------------------------------------------------- tiny head pose: number tokens
+@pytest.mark.parametrize(
+    ("pose", "text"),
+    [
+        ((-12.34, 4.0, 0.5), "[[-<12>,+<4>,+<0>]]"),  # whole degrees; 0.5 rounds to even
+        ((-0.4, 0.0, 99.4), "[[+<0>,+<0>,+<99>]]"),  # zero is +<0>
+        ((-150.0, 120.0, -99.6), "[[-<99>,+<99>,-<99>]]"),  # capped at 99°
+    ],
+)
+def test_tiny_pose_format_examples(pose, text):
+    fam = get_family("tiny")
+    assert fam.headpose_answer(*pose) == text
+
+
+@given(st.floats(-99.0, 99.0), st.floats(-99.0, 99.0), st.floats(-99.0, 99.0))
+def test_tiny_pose_round_trip_is_exact_to_whole_degrees(yaw, pitch, roll):
+    fam = get_family("tiny")
+    text = fam.headpose_answer(yaw, pitch, roll)
+    parsed = fam.parse_headpose(text)
+    assert parsed is not None and all(abs(p - v) <= 0.5 for p, v in zip(parsed, (yaw, pitch, roll), strict=True))
+    assert fam.headpose_answer(*parsed) == text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "[[-12.3,+4.0,+0.5]]",  # the decimal format is not the tiny one
+        "[[<12>,+<4>,+<0>]]",  # missing sign
+        "[[-<12>,+<4>,-<0>]]",  # -0
+        "[[-<012>,+<4>,+<0>]]",
+        "[[-<100>,+<4>,+<0>]]",
+        "[[-<12>,+<4>]]",
+        "[[-<12>,+<4>,+<0>]] ",
+        "[[-<12>, +<4>,+<0>]]",
+        "[[<1>,<34>,<45>,<78>]]",  # a box is not a pose
+        "",
+    ],
+)
+def test_tiny_pose_parser_rejects(bad):
+    assert get_family("tiny").parse_headpose(bad) is None
+
+
+def test_tiny_pose_refuses_non_finite():
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError):
+            get_family("tiny").headpose_answer(bad, 0.0, 0.0)
