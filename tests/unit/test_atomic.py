@@ -1,4 +1,4 @@
-"""Atomic writes under SIGKILL (DESIGN §7): the output is the old version or the new one,
+"""Atomic writes under SIGKILL: the output is the old version or the new one,
 never a part; the killed writer's temporary is removed by the next write of that output."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bad input at scale: random corruptions of every raw format through the whole ingestion.
 
-Property (DESIGN §7, "bad input → a clear error naming the file and the field, or a quarantined
+Property ("bad input → a clear error naming the file and the field, or a quarantined
 record; never a crash deep in numpy, never silent loss"): after any mix of truncations, byte
 flips, deleted / emptied files, wrong types and shapes in ``.mat`` variables, JSON fields, BIWI
 text files and npz arrays, and NaN / inf values, :func:`pipeline.ingest.ingest` either

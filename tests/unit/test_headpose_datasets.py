@@ -25,7 +25,7 @@ from pipeline.datasets.base import BadRecord, Item, LayoutError
 from pipeline.synth import head
 
 SEED = 7
-ANGLE_TOL = 0.01  # degrees (DESIGN §3)
+ANGLE_TOL = 0.01  # degrees
 
 
 # ------------------------------------------------------------------------------- fixtures

@@ -1,4 +1,4 @@
-"""Security defaults (DESIGN §7), one test per rule, each read off the code or exercised on it.
+"""Security defaults, one test per rule, each read off the code or exercised on it.
 
 1. Weights load from safetensors or ``torch.load(weights_only=True)``; nothing unpickles.
 2. ``trust_remote_code`` is off unless the user's params turn it on; loaders never download.

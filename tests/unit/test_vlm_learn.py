@@ -1,7 +1,7 @@
 """The tiny VLM can learn to ground: a short plain-torch run on a toy task beats chance by far.
 
 Toy task: a bright square (20–45 % of the side) at a random position on a dark, noisy 32×32 canvas;
-the answer is its box in the tiny family's ``[[x0,y0,x1,y1]]`` 00–99 syntax. Recipe of DESIGN §6:
+the answer is its box in the tiny family's ``[[x0,y0,x1,y1]]`` 00–99 syntax. Recipe (docs/vlm_learning.md):
 AdamW, lr 2e-3, 50 warm-up steps then cosine decay, loss on the answer tokens only (``collate``),
 patch 8. The model is the tiny LLaVA at width 64 (0.27 M parameters, 16 image tokens) and the
 prompt is a short constant: the cost of a step grows with the sequence, and neither changes what is
