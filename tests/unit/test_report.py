@@ -119,7 +119,7 @@ def test_report_renders_every_candidate_and_marks_published_rows(tmp_path):
         in md
     )
     assert (
-        "base on blank images: MAE 26.00° vs 29.00° on the real held-out frames (chance 25.00°): **its answers do not depend on the image**."
+        "base on blank images: MAE 26.00° vs 29.00° on the real held-out frames (chance 25.00°): **its answers do not depend on the image** (blank frames score as well)."
         in md
     )
     assert "lora:hpe lost grounding: acc@0.5 0.20 vs base 0.90 (22% of base)" in md
