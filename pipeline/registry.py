@@ -10,7 +10,10 @@ registered as a new version with tags (method, its parameters, inputs, metrics) 
   a merge that forgot how to ground is never promoted, however good its head pose, and
 * at most ``max_invalid_rate`` of its head-pose answers (on any test set) are invalid: the MAE
   is taken over valid answers only, so a merge that answers a third of the questions in broken
-  text could otherwise win on the rest.
+  text could otherwise win on the rest, and
+* its MAE is clearly below chance on every test set (at most ``max_chance_ratio`` × the
+  training-median predictor's MAE, when the evaluation table carries chance): a model at chance
+  has learnt nothing to promote, however it ranks against the others.
 
 ``load_champion`` + ``HeadPoseVLM.predict`` are how a user asks the champion for a head pose.
 """
@@ -42,16 +45,23 @@ def gate(
     tolerance: float,
     invalid_rate: float = 0.0,
     max_invalid_rate: float = 1.0,
+    chance_ratio: float | None = None,
+    max_chance_ratio: float = 0.7,
 ) -> GateDecision:
     """Whether a candidate takes ``champion`` (pure; see the module docstring for the rule).
 
-    ``invalid_rate`` is the candidate's worst invalid-answer rate over the head-pose test sets.
+    ``invalid_rate`` is the candidate's worst invalid-answer rate over the head-pose test sets;
+    ``chance_ratio`` its worst MAE / chance over them (``None``: no chance on record, not checked).
     """
     if mean_mae is None:
         return GateDecision(False, "no valid head-pose answer: no MAE to compare")
     if invalid_rate > max_invalid_rate:
         return GateDecision(
             False, f"invalid head-pose answers {100 * invalid_rate:.1f}% > max {100 * max_invalid_rate:.1f}%"
+        )
+    if chance_ratio is not None and chance_ratio > max_chance_ratio:
+        return GateDecision(
+            False, f"not clearly below chance: worst MAE / chance {chance_ratio:.2f} > {max_chance_ratio:.2f}"
         )
     floor = base_grounding_acc - tolerance
     if grounding_acc < floor:
@@ -184,6 +194,14 @@ def load_champion(model_name: str = "hpe-vlm", alias: str = CHAMPION) -> Any:
     return mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
 
 
+def _worst_chance_ratio(row: dict[str, Any], chance: dict[str, Any], sets: list[str]) -> float | None:
+    """The candidate's worst MAE / chance over ``sets`` (None without chance or without an MAE)."""
+    from pipeline.evaluate.yardsticks import ratio_to_chance
+
+    ratios = [ratio_to_chance(row.get(f"{s}/mae"), (chance.get(s) or {}).get("mae")) for s in sets]
+    return None if not chance or any(r is None for r in ratios) else max(ratios)
+
+
 def register_merged(params: Any, table_path: Path, merged_root: Path, out: Path) -> dict[str, Any]:
     """The ``register`` stage: every merged candidate of the evaluation table into the registry.
 
@@ -193,10 +211,12 @@ def register_merged(params: Any, table_path: Path, merged_root: Path, out: Path)
     from mlflow import MlflowClient
 
     from pipeline.atomic import write_json_atomic
+    from pipeline.evaluate.yardsticks import CLEARLY_BELOW_CHANCE
     from pipeline.tracking import mlflow_run
 
     cfg = params.registry
-    rows = json.loads(Path(table_path).read_text())["candidates"]
+    table = json.loads(Path(table_path).read_text())
+    rows, chance = table["candidates"], table.get("chance") or {}
     base = next((r for r in rows if r["kind"] == "base"), None)
     if base is None:
         raise ValueError(f"{table_path}: no 'base' row: the gate needs the base model's grounding accuracy")
@@ -231,6 +251,8 @@ def register_merged(params: Any, table_path: Path, merged_root: Path, out: Path)
                 cfg.grounding_tolerance,
                 invalid_rate=max(row.get(f"{s}/invalid_rate") or 0.0 for s in params.evaluate.headpose_sets),
                 max_invalid_rate=cfg.max_invalid_rate,
+                chance_ratio=_worst_chance_ratio(row, chance, params.evaluate.headpose_sets),
+                max_chance_ratio=CLEARLY_BELOW_CHANCE,
             )
             if decision.promote:
                 client.set_registered_model_alias(cfg.model_name, CHAMPION, version)

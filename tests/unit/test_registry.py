@@ -29,6 +29,11 @@ def test_gate_rules():
     broken = gate(3.0, 0.9, 5.0, 0.9, 0.1, invalid_rate=0.30, max_invalid_rate=0.05)
     assert not broken.promote and broken.reason == "invalid head-pose answers 30.0% > max 5.0%"
     assert gate(3.0, 0.9, 5.0, 0.9, 0.1, invalid_rate=0.05, max_invalid_rate=0.05).promote
+    # A model at chance is never promoted, however it ranks; without chance on record: not checked.
+    at_chance = gate(3.0, 0.9, None, 0.9, 0.1, chance_ratio=0.98, max_chance_ratio=0.7)
+    assert not at_chance.promote and "not clearly below chance" in at_chance.reason
+    assert gate(3.0, 0.9, None, 0.9, 0.1, chance_ratio=0.4, max_chance_ratio=0.7).promote
+    assert gate(3.0, 0.9, None, 0.9, 0.1, chance_ratio=None).promote
 
 
 def _row(name, kind, mae, acc):
