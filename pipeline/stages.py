@@ -153,8 +153,8 @@ def baseline_stage(
     score it on the same test sets as the VLM candidates (``evaluate.headpose_sets``)."""
     from pipeline import layout
     from pipeline.baselines import train_baseline
-    from pipeline.evaluate.vlm_stage import first_rows, headpose_test_sets
-    from pipeline.evaluate.yardsticks import IN_DOMAIN, chance_scores, split_heldout
+    from pipeline.evaluate.vlm_stage import scored_sets
+    from pipeline.evaluate.yardsticks import chance_scores, split_heldout
     from pipeline.ingest import read_records
     from pipeline.tracking import loop_tracking, write_curve
 
@@ -163,7 +163,7 @@ def baseline_stage(
     train_rows, heldout = split_heldout(
         read_records(root / "300w_lp", "train"), params.seed, params.vlm.heldout_fraction
     )
-    tests = {IN_DOMAIN: first_rows(heldout, params.evaluate.rows_per_set), **headpose_test_sets(params, root)}
+    tests = scored_sets(params, heldout, root)
     tracking = loop_tracking(params.tracking, "baseline", [("300w_lp", root / "300w_lp")])
     summary = train_baseline(
         params.baseline, train_rows, tests, out, runs, metrics, tracking, chance=chance_scores(train_rows, tests)

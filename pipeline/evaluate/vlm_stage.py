@@ -76,6 +76,11 @@ def headpose_test_sets(params: Params, parquet_root: Path = layout.PARQUET) -> d
     }
 
 
+def scored_sets(params: Params, heldout: pa.Table, parquet_root: Path = layout.PARQUET) -> dict[str, pa.Table]:
+    """Every head-pose set a model is scored on: the in-domain held-out rows, then the test sets."""
+    return {IN_DOMAIN: first_rows(heldout, params.evaluate.rows_per_set), **headpose_test_sets(params, parquet_root)}
+
+
 def question_table(params: Params, parquet_root: Path = layout.PARQUET) -> pa.Table:
     """Every question of the evaluation: head pose on the held-out 300W-LP frames (in-domain),
     on each cross-dataset test set and on the held-out frames blanked (image ablation);
@@ -84,10 +89,9 @@ def question_table(params: Params, parquet_root: Path = layout.PARQUET) -> pa.Ta
 
     parts = []
     _, heldout = grounding_rows(params, parquet_root)
-    in_domain = first_rows(heldout, params.evaluate.rows_per_set).select(ROW_COLUMNS)
-    parts.append((in_domain, "headpose", IN_DOMAIN))
-    for name, rows in headpose_test_sets(params, parquet_root).items():
+    for name, rows in scored_sets(params, heldout, parquet_root).items():
         parts.append((rows.select(ROW_COLUMNS), "headpose", name))
+    in_domain = parts[0][0]
     # The image ablation: the in-domain questions again, on blank frames.
     parts.append((blank_frames(in_domain), "headpose", IN_DOMAIN + BLANK_SUFFIX))
     crops = heldout_crops(params, heldout.sort_by("source_id"), params.evaluate.grounding_rows)
@@ -256,8 +260,6 @@ def evaluate_vlm(
         for stale in folder.glob("*"):
             if stale.name not in keep:
                 stale.unlink()
-    test_sets = {IN_DOMAIN: first_rows(heldout, cfg.rows_per_set)}
-    test_sets.update(headpose_test_sets(params, parquet_root))
-    chance = chance_scores(train_rows, test_sets)
+    chance = chance_scores(train_rows, scored_sets(params, heldout, parquet_root))
     write_json_atomic(table_path, {"candidates": rows, "chance": chance})
     return {"rows": rows, "chance": chance, "questions": questions.num_rows, "evaluated": evaluated, "reused": reused}
