@@ -42,6 +42,7 @@ def ray_session(num_cpus: int | None = None) -> Iterator[float]:
         return
     t0 = time.perf_counter()
     address = os.environ.get("RAY_ADDRESS")
+    _reload_auth_settings()
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     if address:
         # Workers of a cluster started elsewhere (`ray start`) run in the raylet's folder, not
@@ -63,6 +64,23 @@ def ray_session(num_cpus: int | None = None) -> Iterator[float]:
         yield time.perf_counter() - t0
     finally:
         ray.shutdown()
+
+
+def _reload_auth_settings() -> None:
+    """Make Ray read ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH`` from the environment again.
+
+    Ray reads them once per process and caches the result (its config and token loader), so a
+    process that ran a local Ray before (no token) and then joins a token-protected cluster
+    (the flow's shared Ray, in direct mode) is refused by the cluster's GCS: "Failed to connect
+    to Ray cluster". The reverse order would keep a token path that no longer exists. Ray's
+    own tests reset the same two caches between clusters.
+    """
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication has nothing cached
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def actor_resources(gpus_per_actor: float) -> dict[str, float]:

@@ -148,3 +148,36 @@ def test_ingest_and_two_worker_training_on_two_nodes(cluster, synthetic_raw, tmp
     assert stopped.returncode == 0, stopped.stderr
     assert not [proc.pid for proc in pids if proc.process() is not None]
     assert _script("status", "--dir", str(state)).returncode == 3
+
+
+def test_one_process_joins_a_token_cluster_after_a_local_ray_and_back(tmp_path, monkeypatch):
+    """The flow's direct mode runs stages in its own process: a local Ray (no token) may have
+    run there before it joins the run's shared, token-protected cluster, and a local one may
+    follow. Ray caches its auth settings per process; without a reload the join is refused
+    ("Failed to connect to Ray cluster", seen in CI) and the local one after it would look for
+    a token file that is gone."""
+    import ray
+
+    from pipeline.raycluster import ray_session
+
+    def square(x):
+        return x * x
+
+    for var in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    with ray_session(num_cpus=1):
+        assert ray.get(ray.remote(square).remote(3)) == 9
+    state = Path(tempfile.mkdtemp(prefix="hpe-ray-"))
+    try:
+        with raynodes.running_cluster(state, nodes=1, num_cpus=1) as cluster:
+            for key, value in cluster.driver_env().items():
+                monkeypatch.setenv(key, value)
+            with ray_session():
+                assert ray.get(ray.remote(square).remote(4)) == 16
+                assert len(ray.nodes()) == 1 and ray.cluster_resources()["CPU"] == 1
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    for var in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var)
+    with ray_session(num_cpus=1):
+        assert ray.get(ray.remote(square).remote(5)) == 25
