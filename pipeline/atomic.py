@@ -1,4 +1,4 @@
-"""Atomic writes: a crashed stage never leaves a half-written file or folder (DESIGN §7).
+"""Atomic writes: a crashed stage never leaves a half-written file or folder.
 
 A writer killed outright (``SIGKILL``, OOM killer, a killed ``dvc repro``) cannot clean up: its
 hidden temporary (``.<name>.tmp-…``) stays beside the output, which itself is either absent or

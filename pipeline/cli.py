@@ -1,6 +1,6 @@
 """``hpe`` command line: parses arguments, loads params, calls a stage function, prints a summary.
 
-No stage logic lives here (STYLE §1): every command is a thin wrapper over
+No stage logic lives here: every command is a thin wrapper over
 :mod:`pipeline.stages`, which DVC (through this CLI), Prefect and the tests share.
 """
 

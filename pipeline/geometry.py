@@ -1,6 +1,6 @@
 """Rotations and Euler angles in the conventions the head-pose literature uses.
 
-Canonical convention (300W-LP / HopeNet / 6DRepNet, DESIGN §3): angles in degrees,
+Canonical convention (300W-LP / HopeNet / 6DRepNet): angles in degrees,
 ``pitch`` about x, ``yaw`` about y, ``roll`` about z, and
 
     R = Rz(roll) · Ry(yaw) · Rx(pitch)            (6DRepNet ``utils.get_R``)

@@ -1,6 +1,6 @@
 """Connecting to Ray: a running cluster when ``RAY_ADDRESS`` is set, else a local one.
 
-Scaling out is configuration (DESIGN §7): the same stage code runs on a laptop's local Ray
+Scaling out is configuration: the same stage code runs on a laptop's local Ray
 and on a cluster reached through ``RAY_ADDRESS``.
 """
 

@@ -1,7 +1,7 @@
 """MLflow model registry: merged VLMs as versions of ``hpe-vlm``, a capability-retention gate.
 
 Every merged model is logged as an MLflow *pyfunc* model whose artifact is the merged model
-folder (``save_pretrained``; ``mlflow.transformers`` would reach for the hub, DESIGN §6) and
+folder (``save_pretrained``; ``mlflow.transformers`` would reach for the hub) and
 registered as a new version with tags (method, its parameters, inputs, metrics) and alias
 ``candidate``. Alias ``champion`` moves to the new version only when
 

@@ -1,6 +1,6 @@
 """MLflow tracking: one place that knows the tracking URI, experiment and lineage tags.
 
-Lineage chain (DESIGN §5): a DVC data version (the ``dvc.lock`` hash of a stage output) →
+Lineage chain: a DVC data version (the ``dvc.lock`` hash of a stage output) →
 the Prefect flow run that drove the stage (``HPE_PREFECT_FLOW_RUN_ID``, set by the Prefect
 task for the ``dvc repro`` subprocess) → the MLflow run that logged it.
 """

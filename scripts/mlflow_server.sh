@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MLflow tracking server backed by PostgreSQL, both bound to 127.0.0.1 (DESIGN §7): the
+# MLflow tracking server backed by PostgreSQL, both bound to 127.0.0.1: the
 # "tracking server with a real database" that MLFLOW_TRACKING_URI points the pipeline at.
 #
 #   scripts/mlflow_server.sh start|stop|status

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start/stop the project's own Prefect server: SQLite under .prefect/, bound to 127.0.0.1.
-# (The ephemeral API hits SQLite lock errors under load: DESIGN §6.)
+# (The ephemeral API hits SQLite lock errors under load.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${PREFECT_PORT:=4200}"

@@ -1,6 +1,6 @@
 """Rotations in torch for the CNN baselines: 6D → matrix, geodesic loss, matrix ↔ Euler.
 
-Conventions are those of :mod:`pipeline.geometry` (DESIGN §3): ``R = Rz(roll)·Ry(yaw)·Rx(pitch)``,
+Conventions are those of :mod:`pipeline.geometry`: ``R = Rz(roll)·Ry(yaw)·Rx(pitch)``,
 angles in degrees, returned in the order ``(yaw, pitch, roll)``. Every function works on any
 leading batch shape and keeps the input's dtype, so the tests can compare in float64 against
 the numpy reference.

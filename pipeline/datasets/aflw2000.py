@@ -7,7 +7,7 @@ Layout (Zhu et al., 3DDFA)::
                             pt3d_68 3×68 (x, y in image pixels, z), roi, Shape_Para, Exp_Para, …
 
 31 of the 2,000 real samples have an angle beyond ±99°; the reader returns them as they are
-and the ingestion's ``max_abs_angle`` filter drops them (DESIGN §3: 1,969 kept).
+and the ingestion's ``max_abs_angle`` filter drops them (1,969 kept).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Scoring a VLM's answers: grounding (IoU, acc@0.5) and head pose (MAE), strict validity.
 
 Answers are parsed by the family's strict parsers; an answer that does not parse is counted
-as *invalid* (and as a miss for grounding) — never repaired (DESIGN §4).
+as *invalid* (and as a miss for grounding) — never repaired.
 """
 
 from __future__ import annotations

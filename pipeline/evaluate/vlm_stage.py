@@ -1,6 +1,6 @@
 """The ``evaluate`` stage: every VLM candidate on the cross-dataset head-pose sets and on grounding.
 
-Candidates (DESIGN §5): the base VLM, each LoRA adapter on it, each merged model. Each is asked
+Candidates: the base VLM, each LoRA adapter on it, each merged model. Each is asked
 the head pose of every face in the test sets (trained on 300W-LP, tested on AFLW2000 and BIWI:
 cross-dataset) and the box of the head on held-out 300W-LP frames (does it still ground?).
 

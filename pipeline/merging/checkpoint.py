@@ -1,6 +1,6 @@
 """Write a merged model folder: base checkpoint + merged LoRA deltas → ``save_pretrained`` + decisions.
 
-Runs on CPU in a plain process (PEFT merging is not done under DeepSpeed, DESIGN §5): the base is
+Runs on CPU in a plain process (PEFT merging is not done under DeepSpeed): the base is
 loaded by its VLM family's loader, every merged delta is added into the loaded weights group by
 group (never more than one group's full deltas in memory), and the folder is written atomically
 with the decision of every group beside the weights, ready for MLflow.

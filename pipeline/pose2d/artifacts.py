@@ -1,6 +1,6 @@
 """Pose model folders: write ViTPose / VLPose, load either back as a :class:`PoseEstimator`.
 
-Layouts (weights in safetensors only, DESIGN §7)::
+Layouts (weights in safetensors only)::
 
     <vitpose>/  config.json  model.safetensors      (save_pretrained: any ViTPose folder works)
                 pose_model.json                      {"format": 1, "kind": "vitpose", …}

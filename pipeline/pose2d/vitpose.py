@@ -48,7 +48,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ViTPoseSize:
-    """Sizes of a ViTPose built from scratch (defaults: the tiny embedded model, DESIGN §6).
+    """Sizes of a ViTPose built from scratch (defaults: the tiny embedded model).
 
     Attributes:
         image_height, image_width: model input (ViTPose: 256×192, the crops' 3:4).

@@ -33,7 +33,7 @@ An answer is valid only if the *whole* string matches its format exactly (``re.f
 the values are legal (angles within ±180°, boxes on the grid with ``x0 < x1`` and ``y0 < y1``).
 Anything else — missing sign, two decimals, spaces, extra text, a trailing newline, ``nan`` —
 parses to ``None``. Callers count those as invalid answers (a reported metric); nothing here ever
-repairs an answer, because a merge that breaks the format must show up as broken (DESIGN §4).
+repairs an answer, because a merge that breaks the format must show up as broken.
 """
 
 from __future__ import annotations
