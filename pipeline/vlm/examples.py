@@ -10,7 +10,7 @@ Two tasks per row (schema: ``pipeline.records.headpose``):
 :func:`random_crop` moves and rescales the head (the synthetic frames place it alike, so a
 constant box already scores acc@0.5 ≈ 0.84). :func:`collate` builds training inputs whose ``labels`` keep only the answer tokens and the end
 token; everything else (image tokens, prompt, padding) is ``-100``. Loss on the answer alone is what
-lets the tiny model leave the plateau where it ignores the image (DESIGN §6).
+lets the tiny model leave the plateau where it ignores the image.
 """
 
 from __future__ import annotations
@@ -162,6 +162,28 @@ def face_crop(image: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarra
     return out
 
 
+# Target brightness and contrast of a standardised face crop (0–255 scale).
+CROP_MEAN, CROP_STD = 128.0, 50.0
+
+
+def standardise_crop(crop: np.ndarray) -> np.ndarray:
+    """The crop with its pixels shifted and scaled to mean ``CROP_MEAN``, std ``CROP_STD``
+    (over all channels, so colours keep their ratios), as uint8.
+
+    Why: BIWI's frames are darker and flatter than 300W-LP's renders; the CNN baseline flipped
+    39 % of its BIWI predictions until its input was standardised per image
+    (docs/baseline_learning.md), and the tiny VLM, which normalises with CLIP's fixed
+    statistics, answered BIWI worse than chance while beating it on AFLW2000
+    (docs/vlm_learning.md, run F). The same crop is asked in training and evaluation.
+    """
+    pixels = crop.astype(np.float32)
+    std = float(pixels.std())
+    if std < 1e-3:  # a uniform crop (the blank-image ablation) stays uniform, mid-grey
+        return np.full_like(crop, int(CROP_MEAN))
+    out = (pixels - float(pixels.mean())) * (CROP_STD / std) + CROP_MEAN
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def headpose_example(
     row: Mapping[str, Any], family: VLMFamily, rng: np.random.Generator | None = None, jitter: float = 0.0
 ) -> Example:
@@ -187,7 +209,7 @@ def headpose_example(
     pose = tuple(float(row[name]) for name in ("yaw", "pitch", "roll"))
     if family.headpose_context is not None:
         window = face_window(box, family.headpose_context, rng, jitter)
-        image = face_crop(image, window)
+        image = standardise_crop(face_crop(image, window))
         box = (box[0] - window[0], box[1] - window[1], box[2] - window[0], box[3] - window[1])
     return _headpose(image, box, pose, family, sid)
 
@@ -224,7 +246,7 @@ def facepoints_example(
     moved = (box[0] - window[0], box[1] - window[1], box[2] - window[0], box[3] - window[1])
     return Example(
         task="facepoints",
-        image=face_crop(image, window),
+        image=standardise_crop(face_crop(image, window)),
         prompt=FACEPOINTS_PROMPT.format(box=family.format_box(moved, side, side)),
         answer=points_text(values),
         target=tuple(float(v) for v in values),

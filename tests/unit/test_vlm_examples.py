@@ -202,3 +202,18 @@ def test_task_crops_follow_the_loops_torch_seed(rows):
     assert not torch.equal(batches[0]["pixel_values"], batches[2]["pixel_values"])  # another step, other crops
     whole = VLMTask(rehearsal=1.0, crop_min_scale=None).collate(rows[:4])
     assert whole["pixel_values"].shape == batches[0]["pixel_values"].shape
+
+
+def test_face_crops_are_standardised_and_a_uniform_crop_stays_uniform():
+    from pipeline.vlm.examples import CROP_MEAN, CROP_STD, standardise_crop
+
+    rng = np.random.default_rng(0)
+    dark = (rng.random((40, 40, 3)) * 30 + 10).astype(np.uint8)  # BIWI-like: dark and flat
+    out = standardise_crop(dark)
+    assert out.dtype == np.uint8 and out.shape == dark.shape
+    assert abs(out.mean() - CROP_MEAN) < 1.0 and abs(out.std() - CROP_STD) < 1.0
+    # An affine change of brightness and contrast gives the same crop (to rounding).
+    brighter = np.clip(dark.astype(np.float32) * 3 + 60, 0, 255).astype(np.uint8)
+    assert np.abs(standardise_crop(brighter).astype(int) - out.astype(int)).max() <= 3
+    grey = np.full((40, 40, 3), 37, np.uint8)  # the blank-image ablation
+    assert (standardise_crop(grey) == int(CROP_MEAN)).all()

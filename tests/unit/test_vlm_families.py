@@ -196,3 +196,35 @@ def test_pretrain_base_validates_and_links_a_real_checkpoint(tmp_path, synthetic
             parse_params(d), tmp_path / "b2", tmp_path / "runs", tmp_path / "m2.json", parquet_root=parquet
         )
     assert not (tmp_path / "b2").exists()
+
+
+def test_tiny_tokenizer_reads_its_own_questions_as_words_and_anything_else_by_character():
+    from pipeline.vlm.examples import FACEPOINTS_PROMPT
+    from pipeline.vlm.tiny import CHARACTERS, build_tiny_processor, prompt_words
+
+    tok = build_tiny_processor(TinyVLMConfig()).tokenizer
+    fam = get_family("tiny")
+    question = fam.headpose_prompt((3, 4, 50, 60), 64, 64)
+    ids = tok(question, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == question and len(ids) < 0.4 * len(question)
+    assert "[[yaw,pitch,roll]]" in tok.convert_ids_to_tokens(ids)
+    points = FACEPOINTS_PROMPT.format(box="[[<1>,<2>,<3>,<4>]]")
+    assert tok.decode(tok(points, add_special_tokens=False)["input_ids"]) == points
+    other = "Whatever is 'yawning'? 42"
+    assert tok.decode(tok(other, add_special_tokens=False)["input_ids"]) == other
+    # Every id is used once: no word duplicates a character token.
+    assert not set(prompt_words()) & set(CHARACTERS)
+    assert sorted(tok.get_vocab().values()) == list(range(len(tok)))
+
+
+def test_tiny_fingerprint_follows_the_built_model_not_just_its_params(monkeypatch):
+    """pretrain_base's run name carries it: a checkpoint of another vocabulary or init (a code
+    change params do not show) is never resumed into a model of another shape."""
+    from pipeline.vlm import tiny
+
+    small = dict(hidden_size=32, intermediate_size=64, vision_hidden_size=32, vision_intermediate_size=64)
+    first = tiny.tiny_fingerprint(TinyVLMConfig(**small))
+    assert tiny.tiny_fingerprint(TinyVLMConfig(**small)) == first
+    assert tiny.tiny_fingerprint(TinyVLMConfig(**small, seed=1)) != first
+    monkeypatch.setattr(tiny, "prompt_words", lambda: ())
+    assert tiny.tiny_fingerprint(TinyVLMConfig(**small)) != first
