@@ -9,7 +9,6 @@ read tables and params and call :func:`train_baseline`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.baselines.config import BaselineConfig
 from pipeline.baselines.predict import evaluate_baseline
 from pipeline.baselines.task import REQUIRED_COLUMNS, BaselineTask
+from pipeline.train.run_names import run_name
 
 
 def table_digest(table: pa.Table, columns: tuple[str, ...] = REQUIRED_COLUMNS) -> str:
@@ -40,11 +40,9 @@ def table_digest(table: pa.Table, columns: tuple[str, ...] = REQUIRED_COLUMNS) -
     return h.hexdigest()
 
 
-def run_name(cfg: BaselineConfig, train_digest: str) -> str:
-    """A run name that changes with what the run computes (config, data): a killed run resumes,
-    a changed param or new data starts afresh."""
-    payload = json.dumps([cfg.model_dump(mode="json"), train_digest], sort_keys=True)
-    return f"baseline-{cfg.name}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+def baseline_run_name(cfg: BaselineConfig, train_digest: str) -> str:
+    """The training run's name (:mod:`pipeline.train.run_names`): config, data and code."""
+    return run_name(f"baseline-{cfg.name}", cfg.model_dump(mode="json"), train_digest)
 
 
 def _log_test_metrics(tracking: Mapping[str, Any] | None, run_id: str | None, tests: dict[str, Any]) -> None:
@@ -103,7 +101,12 @@ def train_baseline(
     # Each worker gets its reserved CPUs as torch threads (at least one), no more.
     task = BaselineTask(cfg, torch_threads=max(1, int(train_cfg.cpus_per_worker)))
     result = train(
-        task, train_table, train_cfg, Path(runs), run_name=run_name(cfg, table_digest(train_table)), tracking=tracking
+        task,
+        train_table,
+        train_cfg,
+        Path(runs),
+        run_name=baseline_run_name(cfg, table_digest(train_table)),
+        tracking=tracking,
     )
     with atomic_dir(out) as tmp:
         shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)

@@ -19,7 +19,6 @@ through the one loop (:func:`pipeline.train.ray_deepspeed.train`) with the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -32,6 +31,7 @@ import pyarrow as pa
 from pipeline import layout
 from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.pose2d.config import DOMAINS, PoseConfig
+from pipeline.train.run_names import run_name
 
 __all__ = [
     "LINK_FILE",
@@ -87,13 +87,6 @@ def pose_tracking(tracking_cfg: Any, stage: str, parquet_root: Path = layout.PAR
     return loop_tracking(tracking_cfg, f"pose_train_{stage}", datasets)
 
 
-def _run_name(stage: str, *parts: Any) -> str:
-    """A run name that changes with what the run computes: a killed run resumes, new params or
-    data start afresh (the loop resumes a run of the same name)."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"pose-{stage}-{digest}"
-
-
 def _train_folders(stage: str, parquet_root: Path) -> list[Path]:
     folders = [Path(parquet_root) / d / "train" for d in STAGE_DATA[stage]]
     for f in folders:
@@ -121,7 +114,7 @@ def _fit(
 
     train_cfg = cfg.train_config(TRAIN_SECTIONS[stage])
     folders = _train_folders(stage, parquet_root)
-    name = _run_name(stage, train_cfg.model_dump(mode="json"), identity, [dvc_md5(f) for f in folders])
+    name = run_name(stage, train_cfg.model_dump(mode="json"), identity, [dvc_md5(f) for f in folders])
     result = train(task, folders, train_cfg, Path(runs) / f"pose-{stage}", run_name=name, tracking=tracking)
     with atomic_dir(out) as tmp:
         shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)

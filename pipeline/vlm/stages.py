@@ -7,7 +7,6 @@ held-out 300W-LP frames so that forgetting is visible as soon as an adapter exis
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.config import Params
 from pipeline.ingest import read_records
 from pipeline.tracking import loop_tracking, write_curve
+from pipeline.train.run_names import run_name
 from pipeline.vlm.task import VLMTask, row_fraction
 
 LINK_FILE = "checkpoint.json"  # models/base/checkpoint.json when params name a real VLM
@@ -58,17 +58,6 @@ def resolve_base(base_dir: Path) -> Path:
     if link.is_file():
         return Path(json.loads(link.read_text())["path"])
     return Path(base_dir)
-
-
-def run_name(stage: str, *parts: Any) -> str:
-    """A run name that changes whenever what the run computes changes.
-
-    The loop resumes a run of the same name from its last checkpoint; keying the name on the
-    config and the input data's hash means a killed run resumes, while a changed param or new
-    data starts afresh instead of resuming a stale run.
-    """
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{stage}-{digest}"
 
 
 def _data_digest(params: Params, parquet_root: Path) -> list[str]:
