@@ -184,35 +184,6 @@ def standardise_crop(crop: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-# Training face crops are shown at a random lower resolution half of the time, down to this
-# many pixels a side (then resized back): BIWI's heads are ≈ 34 px in their 128×96 frames,
-# half of 300W-LP's, and without it the adapters' BIWI answers did not correlate with the truth
-# (yaw r = 0.03 against 0.81 on AFLW2000, docs/vlm_learning.md, run G).
-LOW_RES_PROB, LOW_RES_MIN_SIDE = 0.5, 20
-
-
-def low_resolution(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``crop`` down-sampled to a random side in [``LOW_RES_MIN_SIDE``, its side) and back up,
-    with probability ``LOW_RES_PROB``; otherwise unchanged."""
-    side = crop.shape[0]
-    if side <= LOW_RES_MIN_SIDE or rng.uniform() >= LOW_RES_PROB:
-        return crop
-    from PIL import Image
-
-    small = int(rng.integers(LOW_RES_MIN_SIDE, side))
-    image = Image.fromarray(crop).resize((small, small), Image.BILINEAR)
-    return np.asarray(image.resize((crop.shape[1], side), Image.BILINEAR))
-
-
-def _training_crop(image: np.ndarray, window: tuple[int, int, int, int], rng: np.random.Generator | None) -> np.ndarray:
-    """The face crop a head-pose or facial-point question is asked on: standardised, and in
-    training (``rng`` given) at a random resolution."""
-    crop = face_crop(image, window)
-    if rng is not None:
-        crop = low_resolution(crop, rng)
-    return standardise_crop(crop)
-
-
 def headpose_example(
     row: Mapping[str, Any], family: VLMFamily, rng: np.random.Generator | None = None, jitter: float = 0.0
 ) -> Example:
@@ -238,7 +209,7 @@ def headpose_example(
     pose = tuple(float(row[name]) for name in ("yaw", "pitch", "roll"))
     if family.headpose_context is not None:
         window = face_window(box, family.headpose_context, rng, jitter)
-        image = _training_crop(image, window, rng)
+        image = standardise_crop(face_crop(image, window))
         box = (box[0] - window[0], box[1] - window[1], box[2] - window[0], box[3] - window[1])
     return _headpose(image, box, pose, family, sid)
 
@@ -275,7 +246,7 @@ def facepoints_example(
     moved = (box[0] - window[0], box[1] - window[1], box[2] - window[0], box[3] - window[1])
     return Example(
         task="facepoints",
-        image=_training_crop(image, window, rng),
+        image=standardise_crop(face_crop(image, window)),
         prompt=FACEPOINTS_PROMPT.format(box=family.format_box(moved, side, side)),
         answer=points_text(values),
         target=tuple(float(v) for v in values),
