@@ -114,7 +114,7 @@ def _fit(
 
     train_cfg = cfg.train_config(TRAIN_SECTIONS[stage])
     folders = _train_folders(stage, parquet_root)
-    name = run_name(stage, train_cfg.model_dump(mode="json"), identity, [dvc_md5(f) for f in folders])
+    name = run_name(f"pose-{stage}", train_cfg.model_dump(mode="json"), identity, [dvc_md5(f) for f in folders])
     result = train(task, folders, train_cfg, Path(runs) / f"pose-{stage}", run_name=name, tracking=tracking)
     with atomic_dir(out) as tmp:
         shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)

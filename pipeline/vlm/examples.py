@@ -174,7 +174,8 @@ def standardise_crop(crop: np.ndarray) -> np.ndarray:
     39 % of its BIWI predictions until its input was standardised per image
     (docs/baseline_learning.md), and the tiny VLM, which normalises with CLIP's fixed
     statistics, answered BIWI worse than chance while beating it on AFLW2000
-    (docs/vlm_learning.md, run F). The same crop is asked in training and evaluation.
+    (docs/vlm_learning.md, run F). Together with run G's other changes it did not change that
+    BIWI result. The same crop is asked in training and evaluation.
     """
     pixels = crop.astype(np.float32)
     std = float(pixels.std())

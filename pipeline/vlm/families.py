@@ -77,8 +77,8 @@ class VLMFamily:
 
         Args:
             path: folder written by ``save_pretrained`` (weights as safetensors).
-            trust_remote_code: allow the checkpoint's own Python code to run. Off by default
-               ; families that need it refuse to load without it.
+            trust_remote_code: allow the checkpoint's own Python code to run. Off by default;
+                families that need it refuse to load without it.
 
         Returns:
             ``(model, processor)``, the model in eval mode.

@@ -161,8 +161,6 @@ def pretrain_base(
             facepoints=params.pretrain_base.facepoints,
         )
         cfg = _train_config(params.pretrain_base.train)
-        from pipeline.vlm.tiny import TinyVLMConfig, tiny_fingerprint
-
         name = run_name(
             "pretrain_base",
             cfg.model_dump(),
@@ -170,7 +168,6 @@ def pretrain_base(
             params.pretrain_base.facepoints,
             params.seed,
             _data_digest(params, parquet_root),
-            tiny_fingerprint(TinyVLMConfig(**(params.vlm.tiny or {}))),
         )
         result = train(
             task,

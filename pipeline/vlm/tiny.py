@@ -241,25 +241,6 @@ def build_tiny_vlm(cfg: TinyVLMConfig) -> tuple[Any, Any]:
     return model, processor
 
 
-def tiny_fingerprint(cfg: TinyVLMConfig) -> str:
-    """A digest of the model ``build_tiny_vlm(cfg)`` starts from: its initial weights and its
-    tokenizer's vocabulary.
-
-    Training run names carry it, so a run resumes only checkpoints of the very same model: a
-    code change to the architecture, the initialisation or the vocabulary (which params do not
-    show) starts afresh instead of loading a checkpoint of another shape.
-    """
-    import hashlib
-    import json
-
-    model, processor = build_tiny_vlm(cfg)
-    digest = hashlib.sha256(json.dumps(sorted(processor.tokenizer.get_vocab().items())).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters of ``model`` (trainable or not)."""
     return sum(p.numel() for p in model.parameters())
