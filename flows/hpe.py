@@ -1,8 +1,13 @@
-"""Prefect flow ``hpe``: every pipeline stage as a task, in DAG order.
+"""Prefect flow ``hpe``: every pipeline stage as a task, run as the DAG ``dvc.yaml`` declares.
 
 Each task runs ``dvc repro --single-item <stage>`` so that a Prefect run and a plain
 ``dvc repro`` share one cache and one ``dvc.lock`` (unchanged stages are skipped by DVC);
 with ``orchestration.use_dvc: false`` the task calls the stage function directly instead.
+A task waits for the stages its inputs come from (DVC's own graph of ``dvc.yaml``), so
+independent branches (the baseline, the VLM, VLPose; the synths, ingests, adapters, merges)
+overlap, up to ``orchestration.parallel_stages`` at once. DVC holds its repository lock only
+around a stage's bookkeeping, not while the command runs, and each task waits for that lock
+(``--wait-for-lock``), so concurrent ``dvc repro`` of independent stages is safe.
 No stage logic lives here: the work is in :mod:`pipeline.stages`.
 """
 
@@ -14,8 +19,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -44,6 +51,33 @@ def stage_names(params: Params) -> list[str]:
     return synth + ingest + gt + ["baseline"] + vlm + merged + evaluate + pose + ["report"]
 
 
+def stage_graph(workdir: Path, names: list[str]) -> dict[str, list[str]]:
+    """Each stage's upstream stages among ``names`` (those whose outputs it reads, directly or
+    through stages left out of ``names``), from DVC's graph of ``workdir/dvc.yaml``.
+
+    Without a ``dvc.yaml`` each stage waits for the one before it (``names`` is topological).
+    """
+    if not (workdir / "dvc.yaml").exists():
+        return {n: names[:i][-1:] for i, n in enumerate(names)}
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        # Edges run from a stage to the stages it depends on; `name` is the stage's name in
+        # dvc.yaml (`addressing` would be relative to the current directory).
+        graph = repo.index.graph
+        upstream = {s.name: {d.name for d in nx.descendants(graph, s)} for s in graph.nodes}
+    missing = [n for n in names if n not in upstream]
+    if missing:
+        raise ValueError(f"stages {missing} are not in {workdir / 'dvc.yaml'}")
+    return {n: [u for u in names if u in upstream[n]] for n in names}
+
+
+# Stage slots per flow run (a run's tasks are threads of its process): a semaphore cannot be a
+# task argument, Prefect hashes those.
+_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+
+
 def _flow_run_id() -> str:
     from prefect.runtime import flow_run
 
@@ -52,7 +86,7 @@ def _flow_run_id() -> str:
 
 def _run_dvc(stage: str, workdir: Path, env: dict[str, str]) -> dict:
     logger = get_run_logger()
-    cmd = [str(Path(sys.executable).with_name("dvc")), "repro", "--single-item", stage]
+    cmd = [str(Path(sys.executable).with_name("dvc")), "--wait-for-lock", "repro", "--single-item", stage]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with measure(proc.pid) as usage:
         lines = []
@@ -87,7 +121,10 @@ def shared_ray(params: Params, workdir: Path) -> Iterator[dict[str, str]]:
         return
     from pipeline.raynodes import running_cluster
 
-    cpus = params.orchestration.ray_num_cpus or os.cpu_count() or 1
+    # One CPU more per parallel stage: a training worker holds its CPU for the whole stage, and
+    # two trainings side by side would leave the Ray Data tasks that feed them none.
+    slots = params.orchestration.stage_slots()
+    cpus = params.orchestration.ray_num_cpus or (os.cpu_count() or 1) + (slots if slots > 1 else 0)
     # A private folder with a short path (mode 700, removed after): Ray's Unix socket paths
     # must fit in 107 bytes, which a project folder deep in a file system often does not.
     state = Path(tempfile.mkdtemp(prefix="hpe-ray-"))
@@ -114,11 +151,22 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
 
 
 @task(name="stage", task_run_name="{stage}", retries=0)
-def run_stage(stage: str, params_path: str, workdir: str, ray_env: dict[str, str] | None = None) -> dict:
+def run_stage(
+    stage: str, params_path: str, workdir: str, ray_env: dict[str, str] | None = None, slots_key: str = ""
+) -> dict:
     """Run one DAG stage (through DVC, or directly) and return its wall time and peak memory.
 
-    ``ray_env`` (from :func:`shared_ray`) makes the stage join the run's Ray instead of starting its own.
+    ``ray_env`` (from :func:`shared_ray`) makes the stage join the run's Ray instead of starting
+    its own; ``slots_key`` names the run's stage slots (:data:`_SLOTS`), taken while it runs.
     """
+    slots = _SLOTS.get(slots_key)
+    with slots or nullcontext():
+        started = time.time()
+        out = _run_stage(stage, params_path, workdir, ray_env)
+        return {**out, "started": started, "ended": time.time()}
+
+
+def _run_stage(stage: str, params_path: str, workdir: str, ray_env: dict[str, str] | None) -> dict:
     params = load_params(Path(workdir) / params_path)
     wd = Path(workdir).resolve()
     ray_env = ray_env or {}
@@ -182,6 +230,32 @@ def _result_artifacts(workdir: Path, params: Params) -> None:
         )
 
 
+def _run_dag(
+    names: list[str], upstream: dict[str, list[str]], params: Params, params_path: str, wd: Path, ray_env: dict
+) -> list[dict]:
+    """Submit every stage at once, each waiting for its upstream stages; results in ``names``' order.
+
+    A failed stage fails its downstream stages (Prefect does not start them); independent
+    branches run to their end, then the first failure in DAG order is raised.
+    """
+    slots = params.orchestration.stage_slots()
+    if slots == 1:  # one after another in the flow's own thread (direct mode's stages need it)
+        return [run_stage(name, params_path, str(wd), ray_env) for name in names]
+    key = f"{_flow_run_id()}:{id(names)}"
+    _SLOTS[key] = threading.BoundedSemaphore(slots)
+    try:
+        futures: dict = {}
+        for name in names:
+            futures[name] = run_stage.submit(
+                name, params_path, str(wd), ray_env, key, wait_for=[futures[u] for u in upstream[name]]
+            )
+        for f in futures.values():
+            f.wait()
+        return [futures[name].result() for name in names]
+    finally:
+        _SLOTS.pop(key, None)
+
+
 @flow(name="hpe", log_prints=True)
 def hpe(
     params_path: str = "params.yaml", workdir: str = ".", stages: list[str] | None = None, wait_for_lock_s: float = 0.0
@@ -207,7 +281,8 @@ def hpe(
         if lock.waited_s > 1:
             log.info(f"got the run lock after {lock.waited_s:.0f} s")
         with shared_ray(params, wd) as ray_env:
-            results = [run_stage(name, params_path, str(wd), ray_env) for name in names]
+            results = _run_dag(names, stage_graph(wd, names), params, params_path, wd, ray_env)
+        t0 = min((r["started"] for r in results), default=0.0)
         shared = {"address": ray_env["RAY_ADDRESS"], "state_dir": ray_env[HPE_RAY_STATE_ENV]} if ray_env else None
 
         create_markdown_artifact(
@@ -220,6 +295,7 @@ def hpe(
             table=[
                 {
                     "stage": r["stage"],
+                    "started_s": round(r["started"] - t0, 1),  # after the first stage began: the run's timeline
                     "seconds": round(r["seconds"], 2),
                     "peak_rss_mb": round(r["peak_rss_bytes"] / 2**20),
                     "skipped": r["skipped"],

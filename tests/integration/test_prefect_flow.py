@@ -50,6 +50,10 @@ def test_flow_through_dvc_shares_the_lock_with_dvc_repro(harness, tmp_path, monk
     assert [r["stage"] for r in results] == FLOW_STAGES  # DAG order kept
     assert not any(r["skipped"] for r in results)
     assert all(r["seconds"] > 0 and r["peak_rss_bytes"] > 0 for r in results)
+    by = {r["stage"]: r for r in results}
+    for name in ("aflw2000", "coco"):  # each stage began only once what it reads was written
+        assert by[f"ingest@{name}"]["started"] >= by[f"synth@{name}"]["ended"]
+    assert by["ground_truth@coco"]["started"] >= by["synth@coco"]["ended"]  # it reads the raw files
 
     # The same stages through plain DVC: nothing left to do.
     targets = ["ingest@aflw2000", "ingest@coco", "ground_truth@coco"]
@@ -109,3 +113,65 @@ def test_flow_direct_mode_calls_stage_functions(harness, tmp_path, monkeypatch):
     assert "## Keypoints (VLPose)" in asyncio.run(_artifact("report"))[0].data
     with pytest.raises(ValueError, match="unknown stages"):
         hpe(params_path="params.yaml", workdir=str(repo), stages=["ingest@nope"])
+
+
+def _record_stages(monkeypatch, fail: str | None = None, seconds: float = 1.5) -> list[tuple[str, float, float]]:
+    """Replace the per-stage work (DVC or a stage function) by a sleep that records when it ran,
+    so the flow's scheduling is tested with real Prefect tasks but without the stages' cost."""
+    import threading
+    import time
+
+    import flows.hpe as flow_module
+
+    calls: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    def fake(stage, params_path, workdir, ray_env):
+        t = time.time()
+        time.sleep(seconds)
+        with lock:
+            calls.append((stage, t, time.time()))
+        if stage == fail:
+            raise RuntimeError(f"stage {stage} broke")
+        return {"stage": stage, "seconds": seconds, "peak_rss_bytes": 1, "skipped": False}
+
+    monkeypatch.setattr(flow_module, "_run_stage", fake)
+    return calls
+
+
+def test_flow_runs_independent_stages_side_by_side_in_dag_order(harness, tmp_path, monkeypatch):
+    params = tiny_params_dict()
+    params["orchestration"] = {"shared_ray": False, "parallel_stages": 2}
+    repo = make_project_copy(tmp_path / "proj", params)
+    calls = _record_stages(monkeypatch)
+    results = hpe(params_path="params.yaml", workdir=str(repo), stages=FLOW_STAGES)
+    assert [r["stage"] for r in results] == FLOW_STAGES
+    when = {stage: (start, end) for stage, start, end in calls}
+    for name in ("aflw2000", "coco"):
+        assert when[f"ingest@{name}"][0] >= when[f"synth@{name}"][1]
+    assert when["ground_truth@coco"][0] >= when["synth@coco"][1]  # it reads the raw files, not the Parquet
+    # The two synths do not depend on each other: they ran at the same time...
+    (a0, a1), (c0, c1) = when["synth@aflw2000"], when["synth@coco"]
+    assert a0 < c1 and c0 < a1
+    # ...and never more than parallel_stages at once.
+    edges = sorted([(s, 1) for _, s, _ in calls] + [(e, -1) for _, _, e in calls], key=lambda x: (x[0], x[1]))
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2
+    summary = json.loads((repo / "reports" / "pipeline_run.json").read_text())
+    assert [r["stage"] for r in summary["stages"]] == FLOW_STAGES and all("started" in r for r in summary["stages"])
+
+
+def test_a_failed_stage_stops_its_downstream_and_the_other_branch_finishes(harness, tmp_path, monkeypatch):
+    params = tiny_params_dict()
+    params["orchestration"] = {"shared_ray": False, "parallel_stages": 2}
+    repo = make_project_copy(tmp_path / "proj", params)
+    calls = _record_stages(monkeypatch, fail="synth@coco", seconds=0.5)
+    state = hpe(params_path="params.yaml", workdir=str(repo), stages=FLOW_STAGES, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RuntimeError, match="stage synth@coco broke"):
+        state.result()
+    ran = {stage for stage, _, _ in calls}
+    assert ran == {"synth@aflw2000", "synth@coco", "ingest@aflw2000"}  # nothing downstream of synth@coco

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dvc.repo import Repo
 
-from flows.hpe import stage_names
+from flows.hpe import stage_graph, stage_names
 from pipeline import layout
 from pipeline.config import load_params
 from pipeline.pose2d.stages import POSE_MODELS
@@ -83,3 +83,27 @@ def test_every_stage_kind_has_a_direct_runner_and_unknown_kinds_are_named():
     assert set(RUNNERS) <= kinds  # no runner for a stage the DAG no longer has
     with pytest.raises(ValueError, match=r"unknown stage kind 'trian_lora' in 'trian_lora@hpe'; known: .*train_lora"):
         run_stage("trian_lora@hpe", params)
+
+
+def test_stage_graph_lets_independent_branches_overlap(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    names = stage_names(params)
+    up = stage_graph(ROOT, names)
+    assert set(up) == set(names)
+    for name, before in up.items():  # only earlier stages: the flow's order stays topological
+        assert all(names.index(b) < names.index(name) for b in before), name
+    # The three branches (baseline, VLM, VLPose) do not wait for each other.
+    assert "pretrain_base" not in up["baseline"] and "baseline" not in up["pretrain_base"]
+    assert not {"pretrain_base", "baseline"} & set(up["pose_train_original"])
+    assert {"ingest@300w_lp", "synth@300w_lp"} <= set(up["baseline"])
+    assert {f"merge@{m}" for m in params.merge.methods} <= set(up["evaluate"])
+    assert "train_lora@hpe" not in up["train_lora@grounding"]
+    # A selection waits through the stages it leaves out (pretrain_base reads ingest@300w_lp's output).
+    assert stage_graph(ROOT, ["synth@300w_lp", "pretrain_base"]) == {
+        "synth@300w_lp": [],
+        "pretrain_base": ["synth@300w_lp"],
+    }
+    # Without a dvc.yaml, one stage after another.
+    assert stage_graph(tmp_path, ["a", "b", "c"]) == {"a": [], "b": ["a"], "c": ["b"]}
+    with pytest.raises(ValueError, match=r"\['nope'\] are not in .*dvc.yaml"):
+        stage_graph(ROOT, ["synth@coco", "nope"])
