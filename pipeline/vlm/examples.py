@@ -131,16 +131,22 @@ def grounding_example(row: Mapping[str, Any], family: VLMFamily) -> Example:
 
 
 def face_window(
-    box: Box, context: float, rng: np.random.Generator | None = None, jitter: float = 0.0
+    box: Box, context: float, rng: np.random.Generator | None = None, jitter: float = 0.0, zoom: float = 1.0
 ) -> tuple[int, int, int, int]:
     """A square window of side ``context`` × the box's longer side, centred on the box.
 
     With ``rng``, the side is scaled by up to ``1 ± jitter`` and the centre moved by up to
     ``jitter / 2`` of the side (training augmentation: the box given at test time is a detector's
-    or a protocol's, never exactly centred). The window may reach outside the image.
+    or a protocol's, never exactly centred). With ``zoom`` > 1 the side is first multiplied by a
+    log-uniform factor in ``[1, zoom]``: the face then fills from all of the crop down to
+    ``1 / zoom`` of it, as under a looser box convention (BIWI's 240 mm head square holds the
+    face at about half the side that 300W-LP's landmark box does: docs/vlm_learning.md, run I).
+    The window may reach outside the image.
     """
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     side = context * max(box[2] - box[0], box[3] - box[1])
+    if rng is not None and zoom > 1:
+        side *= math.exp(rng.uniform(0.0, math.log(zoom)))
     if rng is not None and jitter > 0:
         side *= rng.uniform(1 - jitter, 1 + jitter)
         cx += rng.uniform(-jitter, jitter) * side / 2
@@ -186,7 +192,11 @@ def standardise_crop(crop: np.ndarray) -> np.ndarray:
 
 
 def headpose_example(
-    row: Mapping[str, Any], family: VLMFamily, rng: np.random.Generator | None = None, jitter: float = 0.0
+    row: Mapping[str, Any],
+    family: VLMFamily,
+    rng: np.random.Generator | None = None,
+    jitter: float = 0.0,
+    zoom: float = 1.0,
 ) -> Example:
     """The head-pose example of a row: the pose of the head at its (given) box.
 
@@ -198,6 +208,8 @@ def headpose_example(
         family: decides the prompt wording and the box syntax in the prompt.
         rng: with ``jitter``, draws the crop's scale and shift (training); ``None``: the fixed crop.
         jitter: crop augmentation strength (:func:`face_window`).
+        zoom: with ``rng``, the crop's context is widened by a random factor up to ``zoom``
+            (:func:`face_window`; 1 = off).
 
     Returns:
         The example; ``target`` is ``(yaw, pitch, roll)`` in degrees.
@@ -209,7 +221,7 @@ def headpose_example(
     image, box, sid = _frame(row)
     pose = tuple(float(row[name]) for name in ("yaw", "pitch", "roll"))
     if family.headpose_context is not None:
-        window = face_window(box, family.headpose_context, rng, jitter)
+        window = face_window(box, family.headpose_context, rng, jitter, zoom)
         image = standardise_crop(face_crop(image, window))
         box = (box[0] - window[0], box[1] - window[1], box[2] - window[0], box[3] - window[1])
     return _headpose(image, box, pose, family, sid)
@@ -222,7 +234,11 @@ FACEPOINTS_PROMPT = "Where are the eyes, nose and mouth of the person at {box}? 
 
 
 def facepoints_example(
-    row: Mapping[str, Any], family: VLMFamily, rng: np.random.Generator | None = None, jitter: float = 0.0
+    row: Mapping[str, Any],
+    family: VLMFamily,
+    rng: np.random.Generator | None = None,
+    jitter: float = 0.0,
+    zoom: float = 1.0,
 ) -> Example | None:
     """Face-geometry pre-training question: where are the eyes, nose and mouth of the head at its box?
 
@@ -239,7 +255,7 @@ def facepoints_example(
     if family.headpose_context is None:
         return None
     image, box, sid = _frame(row)
-    window = face_window(box, family.headpose_context, rng, jitter)
+    window = face_window(box, family.headpose_context, rng, jitter, zoom)
     values = _facepoint_values(row, window, family)
     if values is None:
         return None

@@ -157,6 +157,7 @@ def pretrain_base(
             crop_min_scale=params.vlm.crop_min_scale,
             torch_threads=params.vlm.torch_threads,
             headpose_jitter=params.vlm.headpose_jitter,
+            headpose_zoom=params.vlm.headpose_zoom,
             number_sigma=params.vlm.number_sigma,
             facepoints=params.pretrain_base.facepoints,
         )
@@ -242,6 +243,7 @@ def train_lora(
         crop_min_scale=params.vlm.crop_min_scale,
         torch_threads=params.vlm.torch_threads,
         headpose_jitter=params.vlm.headpose_jitter,
+        headpose_zoom=params.vlm.headpose_zoom,
         number_sigma=params.vlm.number_sigma,
     )
     train_rows, heldout = grounding_rows(params, parquet_root)

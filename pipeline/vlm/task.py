@@ -57,6 +57,10 @@ class VLMTask:
         headpose_jitter: for a family that asks head pose on a crop around the box
             (``headpose_context``), the crop's random scale/shift in training
             (``examples.face_window``) — instead of ``crop_min_scale``, which would cut the face.
+        headpose_zoom: for such a family, the head-pose crop's context widened in training by a
+            random factor up to this (``examples.face_window``; 1 = off): the face then fills
+            from all of the crop down to ``1 / headpose_zoom`` of it, as under another
+            dataset's looser box convention (BIWI, docs/vlm_learning.md run I).
         facepoints: fraction of training questions asked as the face-geometry question
             (``examples.facepoints_example``: eyes, nose and mouth on a face crop), drawn per
             step; rows without landmarks keep their grounding / head-pose question.
@@ -75,6 +79,7 @@ class VLMTask:
     crop_min_scale: float | None = None
     torch_threads: int | None = 1
     headpose_jitter: float = 0.0
+    headpose_zoom: float = 1.0
     number_sigma: float = 0.0
     facepoints: float = 0.0
     required_columns: tuple[str, ...] = REQUIRED_COLUMNS
@@ -163,14 +168,14 @@ class VLMTask:
         cropped when ``crop_min_scale`` is set and ``rng`` is given."""
         family = get_family(self.family)
         if self.facepoints > 0 and rng is not None and rng.uniform() < self.facepoints:
-            points = facepoints_example(row, family, rng, self.headpose_jitter)
+            points = facepoints_example(row, family, rng, self.headpose_jitter, self.headpose_zoom)
             if points is not None:
                 return points
         if row_fraction(self.seed, str(row["source_id"]), "task") < self.rehearsal:
             example = grounding_example(row, family)
         elif family.headpose_context is not None:
             # Already a crop around the face: augment by moving that crop, never by cutting it.
-            return headpose_example(row, family, rng, self.headpose_jitter)
+            return headpose_example(row, family, rng, self.headpose_jitter, self.headpose_zoom)
         else:
             example = headpose_example(row, family)
         if self.crop_min_scale is not None and rng is not None:

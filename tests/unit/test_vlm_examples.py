@@ -228,3 +228,18 @@ def test_evaluation_crops_are_the_standardised_face_crop(rows):
     window = face_window(row["head_box"], family.headpose_context)
     expected = standardise_crop(face_crop(decode_jpeg(row["frame_jpeg"]), window))
     assert np.array_equal(np.asarray(headpose_example(row, family).image), expected)
+
+
+def test_face_window_zoom_widens_the_training_crop_only():
+    from pipeline.vlm.examples import face_window
+
+    box = (20.0, 30.0, 60.0, 80.0)  # longer side 50 → window side 1.25 × 50 = 62.5
+    fixed = face_window(box, 1.25)
+    assert face_window(box, 1.25, None, 0.0, zoom=2.0) == fixed  # no rng: the evaluation crop
+    assert face_window(box, 1.25, np.random.default_rng(0), 0.0, zoom=1.0) == fixed  # zoom 1: off
+    rng = np.random.default_rng(0)
+    windows = [face_window(box, 1.25, rng, 0.0, zoom=2.0) for _ in range(400)]
+    sides = [w[2] - w[0] for w in windows]
+    assert all(w[2] - w[0] == w[3] - w[1] for w in windows)  # still square
+    assert 62 <= min(sides) < 70 and 118 < max(sides) <= 125  # log-uniform in [62.5, 125]
+    assert 80 < np.median(sides) < 97  # about the geometric mean, 88, not the midpoint 94
