@@ -11,9 +11,15 @@ Raw layout (Fanelli et al., https://icu.ee.ethz.ch/research/datsets.html)::
                                           R (3 rows), blank, t (mm): p_cam = R · p_depth + t
     root/hpdb/NN.obj                      the subject's head template
 
-Angles: HopeNet's reading of ``pose.txt`` (:func:`geometry.biwi_matrix_to_euler`). The face box
-is a square head of :data:`HEAD_BOX_MM` around the head centre mapped into the RGB camera by
-``rgb.cal`` (extrinsics, then K; the distortion coefficients are zero in BIWI and ignored).
+Angles: HopeNet's reading of ``pose.txt`` (:func:`geometry.biwi_matrix_to_euler`). BIWI has no
+landmarks, so the face box stands in for the landmark box the other sets have: a square of
+:data:`FACE_BOX_MM`, :data:`FACE_BELOW_CENTRE_MM` below the head centre, mapped into the RGB
+camera by ``rgb.cal`` (extrinsics, then K; the distortion coefficients are zero in BIWI and
+ignored). Why those sizes: the frontal landmark box of the head model is ≈142×113 mm, centred
+≈33 mm below the head centre, so after the same margins a BIWI crop frames the face as a
+300W-LP or AFLW2000 crop does. A 200 mm square around the centre (the whole head with air
+around it) left the face half the crop: a probe of the VLM's vision features, fit on 300W-LP,
+read BIWI's yaw at r = −0.18 that way and r = +0.7 on crops of the face's size.
 
 The synthetic writer's ``depth.bin`` holds the rendered depth registered to the RGB camera (not
 re-projected into the depth camera): the real encoding with plausible content, which no reader
@@ -42,7 +48,9 @@ from pipeline.datasets.base import BadRecord, HeadPoseSample, Item, LayoutError,
 from pipeline.synth import head
 
 SPLIT = "test"
-HEAD_BOX_MM = 200.0  # side of the square head box around the projected head centre
+FACE_BOX_MM = 120.0  # side of the square face box (the landmark box's stand-in)
+FACE_BELOW_CENTRE_MM = 33.0  # how far below the head centre the face box is centred
+HEAD_BOX_MM = 200.0  # the whole head around its centre: the synthetic npz's pre-cropped faces
 NPZ_NAME = "BIWI_noTrack.npz"
 NPZ_SIZE = 64
 WIDTH, HEIGHT = 640, 480
@@ -220,15 +228,18 @@ def list_items_hpdb(raw_root: Path) -> Listing:
     return Listing(items)
 
 
-def head_box(cal: Calibration, centre_depth: np.ndarray) -> tuple[float, float, float, float] | None:
-    """The :data:`HEAD_BOX_MM` square around the head centre in the camera of ``cal``, or None
-    when the centre is not in front of that camera."""
+def head_box(
+    cal: Calibration, centre_depth: np.ndarray, side_mm: float = FACE_BOX_MM, below_mm: float = FACE_BELOW_CENTRE_MM
+) -> tuple[float, float, float, float] | None:
+    """The ``side_mm`` square ``below_mm`` under the head centre (image down) in the camera of
+    ``cal`` — by default the face box — or None when the centre is not in front of that camera."""
     c = cal.to_camera(centre_depth)
     if c[2] <= 0:
         return None
     u, v = head.project(cal.K, c[None])[0]
-    hx = HEAD_BOX_MM / 2.0 * cal.K[0, 0] / c[2]
-    hy = HEAD_BOX_MM / 2.0 * cal.K[1, 1] / c[2]
+    hx = side_mm / 2.0 * cal.K[0, 0] / c[2]
+    hy = side_mm / 2.0 * cal.K[1, 1] / c[2]
+    v += below_mm * cal.K[1, 1] / c[2]
     return float(u - hx), float(v - hy), float(u + hx), float(v + hy)
 
 
@@ -394,7 +405,8 @@ def synthetic_frames(n_sequences: int, frames_per_sequence: int, seed: int) -> I
             r = head.render(yaw, pitch, roll, width=WIDTH, height=HEIGHT, look=look, rng=rng, K=cal.K,
                             centre=cal.to_camera(centre), identity=idt)  # fmt: skip
             box = head_box(cal, centre)
-            crop = Image.fromarray(r.image).crop(tuple(int(round(v)) for v in box))
+            whole = head_box(cal, centre, HEAD_BOX_MM, 0.0)  # FSA-Net's crops hold the whole head
+            crop = Image.fromarray(r.image).crop(tuple(int(round(v)) for v in whole))
             crop = np.asarray(crop.resize((NPZ_SIZE, NPZ_SIZE), Image.Resampling.BILINEAR))
             extra = dict(rotation=M, centre_depth=centre, rgb_cal=cal, identity=idt, depth=r.depth, box=box,
                          crop=crop, npz_index=row)  # fmt: skip

@@ -137,12 +137,15 @@ def test_biwi_hpdb_recovers_ground_truth(biwi_data):
             assert (s.yaw, s.pitch, s.roll) == pytest.approx((t.yaw, t.pitch, t.roll), abs=ANGLE_TOL)
             assert s.face_box == pytest.approx(t.extra["box"], abs=0.05)
             assert s.landmarks is None and np.array_equal(s.image, t.image)  # PNG: lossless
-        # The box is centred on the head: the rendered depth there is the head, not background.
+        # The box is on the face: the rendered depth there is the head, not background; it is
+        # FACE_BOX_MM wide at the head's distance, centred FACE_BELOW_CENTRE_MM under the centre.
         x0, y0, x1, y1 = s.face_box
         assert t.extra["depth"][round((y0 + y1) / 2), round((x0 + x1) / 2)] > 0
-        assert x1 - x0 == pytest.approx(
-            biwi.HEAD_BOX_MM * biwi.K_RGB[0, 0] / t.extra["rgb_cal"].to_camera(t.extra["centre_depth"])[2]
-        )
+        c = t.extra["rgb_cal"].to_camera(t.extra["centre_depth"])
+        u, v = (biwi.K_RGB @ c)[:2] / c[2]
+        f = biwi.K_RGB[0, 0] / c[2]
+        assert x1 - x0 == pytest.approx(biwi.FACE_BOX_MM * f)
+        assert ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((u, v + biwi.FACE_BELOW_CENTRE_MM * f), abs=1e-3)
 
 
 def test_biwi_files_follow_the_real_layout(biwi_data):
@@ -429,13 +432,13 @@ def test_hand_made_biwi_reads_as_defined(tmp_path):
     )
     assert (s.yaw, s.pitch, s.roll) == pytest.approx(expected, abs=1e-9)
     assert s.yaw == pytest.approx(-12.08, abs=0.01)  # turned about 12° toward the image right
-    # Head centre into the RGB camera with rgb.cal's R, t, then K; a 200 mm box around it.
+    # Head centre into the RGB camera with rgb.cal's R, t, then K; the face box: 120 mm, 33 mm below.
     Rc = np.array(
         [[0.999947, 0.00432361, 0.00929419], [-0.00446314, 0.999877, 0.0150443], [-0.009228, -0.015085, 0.999843]]
     )
     c = Rc @ np.array([22.4451, 42.4837, 962.595]) + np.array([-24.0198, 5.8896, -13.2308])
     u, v = 517.679 * c[0] / c[2] + 320.0, 517.679 * c[1] / c[2] + 240.5
-    half = 100.0 * 517.679 / c[2]
+    half, v = 60.0 * 517.679 / c[2], v + 33.0 * 517.679 / c[2]
     assert s.face_box == pytest.approx((u - half, v - half, u + half, v + half), abs=1e-9)
     assert np.array_equal(s.image, _photo(640, 480)) and s.landmarks is None
 
