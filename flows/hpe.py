@@ -19,14 +19,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture, as_completed
 
 from pipeline import layout, stage_runners
 from pipeline.atomic import write_json_atomic
@@ -71,11 +71,6 @@ def stage_graph(workdir: Path, names: list[str]) -> dict[str, list[str]]:
     if missing:
         raise ValueError(f"stages {missing} are not in {workdir / 'dvc.yaml'}")
     return {n: [u for u in names if u in upstream[n]] for n in names}
-
-
-# Stage slots per flow run (a run's tasks are threads of its process): a semaphore cannot be a
-# task argument, Prefect hashes those.
-_SLOTS: dict[str, threading.BoundedSemaphore] = {}
 
 
 def _flow_run_id() -> str:
@@ -151,19 +146,14 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
 
 
 @task(name="stage", task_run_name="{stage}", retries=0)
-def run_stage(
-    stage: str, params_path: str, workdir: str, ray_env: dict[str, str] | None = None, slots_key: str = ""
-) -> dict:
+def run_stage(stage: str, params_path: str, workdir: str, ray_env: dict[str, str] | None = None) -> dict:
     """Run one DAG stage (through DVC, or directly) and return its wall time and peak memory.
 
-    ``ray_env`` (from :func:`shared_ray`) makes the stage join the run's Ray instead of starting
-    its own; ``slots_key`` names the run's stage slots (:data:`_SLOTS`), taken while it runs.
+    ``ray_env`` (from :func:`shared_ray`) makes the stage join the run's Ray instead of starting its own.
     """
-    slots = _SLOTS.get(slots_key)
-    with slots or nullcontext():
-        started = time.time()
-        out = _run_stage(stage, params_path, workdir, ray_env)
-        return {**out, "started": started, "ended": time.time()}
+    started = time.time()
+    out = _run_stage(stage, params_path, workdir, ray_env)
+    return {**out, "started": started, "ended": time.time()}
 
 
 def _run_stage(stage: str, params_path: str, workdir: str, ray_env: dict[str, str] | None) -> dict:
@@ -233,27 +223,45 @@ def _result_artifacts(workdir: Path, params: Params) -> None:
 def _run_dag(
     names: list[str], upstream: dict[str, list[str]], params: Params, params_path: str, wd: Path, ray_env: dict
 ) -> list[dict]:
-    """Submit every stage at once, each waiting for its upstream stages; results in ``names``' order.
+    """Run every stage once its upstream stages are done, up to ``stage_slots()`` at a time;
+    results in ``names``' order.
 
-    A failed stage fails its downstream stages (Prefect does not start them); independent
-    branches run to their end, then the first failure in DAG order is raised.
+    A stage is submitted only when it can start, so the Prefect UI shows it Pending until
+    then (not Running while it waits), with ``wait_for`` edges to its upstream tasks. A failed
+    stage stops its downstream stages (never submitted); independent branches run to their
+    end, then the first failure in DAG order is raised.
     """
     slots = params.orchestration.stage_slots()
     if slots == 1:  # one after another in the flow's own thread (direct mode's stages need it)
         return [run_stage(name, params_path, str(wd), ray_env) for name in names]
-    key = f"{_flow_run_id()}:{id(names)}"
-    _SLOTS[key] = threading.BoundedSemaphore(slots)
-    try:
-        futures: dict = {}
-        for name in names:
-            futures[name] = run_stage.submit(
-                name, params_path, str(wd), ray_env, key, wait_for=[futures[u] for u in upstream[name]]
-            )
-        for f in futures.values():
-            f.wait()
-        return [futures[name].result() for name in names]
-    finally:
-        _SLOTS.pop(key, None)
+    futures: dict[str, PrefectFuture] = {}
+    running: dict[str, PrefectFuture] = {}
+    blocked: set[str] = set()  # failed, or downstream of a failure
+    waiting = list(names)
+    while waiting or running:
+        for name in list(waiting):
+            if len(running) >= slots:
+                break
+            if any(u in blocked for u in upstream[name]):
+                waiting.remove(name)
+                blocked.add(name)
+            elif all(u in futures and u not in running for u in upstream[name]):
+                waiting.remove(name)
+                deps = [futures[u] for u in upstream[name]]
+                futures[name] = running[name] = run_stage.submit(name, params_path, str(wd), ray_env, wait_for=deps)
+        if not running:
+            break
+        done = next(as_completed(list(running.values())))
+        name = next(n for n, f in running.items() if f is done)
+        del running[name]
+        done.wait()  # as_completed can yield before the future holds its final state
+        if not done.state.is_completed():
+            blocked.add(name)
+    failed = [n for n in names if n in blocked and n in futures]
+    if failed:
+        futures[failed[0]].result()  # raises the stage's own error
+        raise RuntimeError(f"stage {failed[0]} ended {futures[failed[0]].state.name}")
+    return [futures[name].result() for name in names]
 
 
 @flow(name="hpe", log_prints=True)

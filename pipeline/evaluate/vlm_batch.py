@@ -38,6 +38,13 @@ class Candidate:
     adapter_dir: str | None = None
 
 
+def _blocks(questions: pa.Table, batch_size: int, workers: int) -> list[pa.Table]:
+    """``questions`` cut into about four blocks per worker, each a whole number of batches."""
+    n = questions.num_rows
+    per = max(batch_size, -(-n // (4 * max(workers, 1)) // batch_size) * batch_size)
+    return [questions.slice(i, per) for i in range(0, n, per)] or [questions]
+
+
 class Answerer:
     """Loads a candidate once and answers batches of questions (a Ray Data actor)."""
 
@@ -126,7 +133,9 @@ def answer_questions(
         from pipeline.raycluster import actor_resources, ray_session
 
         with ray_session():
-            ds = ray.data.from_arrow(questions).map_batches(
+            # One block per (a few) batches: from one table Ray Data makes one block, which one
+            # actor answers while the others idle.
+            ds = ray.data.from_arrow(_blocks(questions, batch_size, workers)).map_batches(
                 Answerer,
                 fn_constructor_kwargs=kwargs,
                 batch_size=batch_size,
