@@ -185,9 +185,10 @@ class VLMConfig(_Strict):
     # crop in training (pipeline/vlm/examples.py face_window).
     headpose_jitter: float = Field(0.1, ge=0.0, lt=0.5)
     # Families that ask head pose on a crop around the box: the crop's context widened in training
-    # by a log-uniform factor in [1, headpose_zoom] (1 = off). BIWI's head box holds the face at
-    # about half the crop side 300W-LP's does, where the base's vision features carry no yaw
-    # (docs/vlm_learning.md, run I); 2.2 gives them some (yaw r -0.03 -> 0.49) at an in-domain cost.
+    # by a log-uniform factor in [1, headpose_zoom] (1 = off), for boxes looser than 300W-LP's
+    # landmark box (a detector's; BIWI's 200 mm head square before its face box, where the base's
+    # vision features carried no yaw: docs/vlm_learning.md, run I; 2.2 gave them some, yaw r
+    # -0.03 -> 0.49, at an in-domain cost).
     headpose_zoom: float = Field(1.0, ge=1.0, le=4.0)
     # Gaussian soft target over neighbouring number tokens (pipeline/vlm/numbers.py), in values
     # (grid cells, degrees); 0 = plain cross-entropy. Families without number tokens ignore it.

@@ -139,8 +139,8 @@ def face_window(
     ``jitter / 2`` of the side (training augmentation: the box given at test time is a detector's
     or a protocol's, never exactly centred). With ``zoom`` > 1 the side is first multiplied by a
     log-uniform factor in ``[1, zoom]``: the face then fills from all of the crop down to
-    ``1 / zoom`` of it, as under a looser box convention (BIWI's 240 mm head square holds the
-    face at about half the side that 300W-LP's landmark box does: docs/vlm_learning.md, run I).
+    ``1 / zoom`` of it, as under a looser box convention (BIWI's former 200 mm head square held
+    the face at about half the side that 300W-LP's landmark box does: docs/vlm_learning.md, run I).
     The window may reach outside the image.
     """
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2

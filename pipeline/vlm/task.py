@@ -60,7 +60,7 @@ class VLMTask:
         headpose_zoom: for such a family, the head-pose crop's context widened in training by a
             random factor up to this (``examples.face_window``; 1 = off): the face then fills
             from all of the crop down to ``1 / headpose_zoom`` of it, as under another
-            dataset's looser box convention (BIWI, docs/vlm_learning.md run I).
+            dataset's looser box convention (docs/vlm_learning.md run I).
         facepoints: fraction of training questions asked as the face-geometry question
             (``examples.facepoints_example``: eyes, nose and mouth on a face crop), drawn per
             step; rows without landmarks keep their grounding / head-pose question.
