@@ -161,7 +161,14 @@ def _baseline_config() -> Any:
     return BaselineConfig
 
 
+def _augment_config() -> Any:
+    from pipeline.baselines.augment import AugmentConfig
+
+    return AugmentConfig
+
+
 TinySection = _validated_by(_tiny_config)
+AugmentSection = _validated_by(_augment_config)
 BaselineSection = _validated_by(_baseline_config)
 TrainSection = _validated_by(_train_config)
 
@@ -190,6 +197,10 @@ class VLMConfig(_Strict):
     # vision features carried no yaw: docs/vlm_learning.md, run I; 2.2 gave them some, yaw r
     # -0.03 -> 0.49, at an in-domain cost).
     headpose_zoom: float = Field(1.0, ge=1.0, le=4.0)
+    # Families that ask head pose on a crop around the box: the CNN baseline's augmentation of
+    # that crop in training (rotation with the exact pose update, zoom, shift, colour, blur;
+    # pipeline/vlm/examples.py augment_face); AugmentConfig fields, {"enabled": false} = off.
+    headpose_augment: AugmentSection = Field(default_factory=lambda: {"enabled": False})
     # Gaussian soft target over neighbouring number tokens (pipeline/vlm/numbers.py), in values
     # (grid cells, degrees); 0 = plain cross-entropy. Families without number tokens ignore it.
     number_sigma: float = Field(1.5, ge=0.0)

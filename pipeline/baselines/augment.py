@@ -67,18 +67,23 @@ def rotate_pose(yaw: float, pitch: float, roll: float, theta_deg: float) -> tupl
     return matrix_to_euler(rotation_matrix(yaw, pitch, roll) @ rotation_matrix(0.0, 0.0, -theta_deg))
 
 
-def geometric(
-    img: Image.Image, pose: tuple[float, float, float], rng: np.random.Generator, cfg: AugmentConfig
-) -> tuple[Image.Image, tuple[float, float, float]]:
-    """Rotate, zoom and shift ``img`` about its centre; return it with its updated pose.
+def draw_affine(
+    rng: np.random.Generator, cfg: AugmentConfig, size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """``(theta_deg, zoom, dx, dy)`` of one geometric augmentation of an image of ``size`` (w, h)."""
+    theta = float(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
+    zoom = float(rng.uniform(*cfg.scale))
+    dx, dy = (float(v) for v in rng.uniform(-cfg.translate, cfg.translate, 2) * size)
+    return theta, zoom, dx, dy
+
+
+def apply_affine(img: Image.Image, theta: float, zoom: float, dx: float, dy: float) -> Image.Image:
+    """``img`` turned counter-clockwise by ``theta`` degrees and zoomed about its centre, then shifted.
 
     Uncovered corners are filled with the image's mean colour (a black wedge would be a cue
     for the rotation that a test crop never shows).
     """
-    theta = float(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
-    zoom = float(rng.uniform(*cfg.scale))
     w, h = img.size
-    dx, dy = (float(v) for v in rng.uniform(-cfg.translate, cfg.translate, 2) * (w, h))
     # PIL's affine maps each output pixel to its input position: the inverse of
     # "rotate by θ counter-clockwise, zoom, then shift" about the centre (cx, cy).
     c, s = math.cos(math.radians(theta)) / zoom, math.sin(math.radians(theta)) / zoom
@@ -86,8 +91,15 @@ def geometric(
     ox, oy = cx + dx, cy + dy
     coeffs = (c, -s, cx - c * ox + s * oy, s, c, cy - s * ox - c * oy)
     fill = tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(0))
-    out = img.transform(img.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=fill)
-    return out, rotate_pose(*pose, theta)
+    return img.transform(img.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=fill)
+
+
+def geometric(
+    img: Image.Image, pose: tuple[float, float, float], rng: np.random.Generator, cfg: AugmentConfig
+) -> tuple[Image.Image, tuple[float, float, float]]:
+    """Rotate, zoom and shift ``img`` about its centre; return it with its updated pose."""
+    theta, zoom, dx, dy = draw_affine(rng, cfg, img.size)
+    return apply_affine(img, theta, zoom, dx, dy), rotate_pose(*pose, theta)
 
 
 def blur(img: Image.Image, rng: np.random.Generator, cfg: AugmentConfig) -> Image.Image:

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
 from transformers.models.vitpose.modeling_vitpose import VitPoseClassicDecoder, VitPoseSimpleDecoder
 
+from pipeline.convstem import CONFIG_FIELD, install_conv_stem, stem_width
 from pipeline.keypoints import NUM_COCO_KEYPOINTS
 
 __all__ = [
@@ -57,6 +58,8 @@ class ViTPoseSize:
         num_keypoints: heatmaps out (17 COCO joints).
         simple_decoder: transformers' simple head (ReLU, ×4 upsample, 3×3 conv) instead of the
             classic deconv head the VLPose paper's dual decoder twins.
+        conv_stem: first-block width of a convolutional stem in place of the patchify conv
+            (:mod:`pipeline.convstem`; 0 = ViTPose's own patch embedding).
     """
 
     image_height: int = 256
@@ -68,6 +71,7 @@ class ViTPoseSize:
     mlp_ratio: int = 4
     num_keypoints: int = NUM_COCO_KEYPOINTS
     simple_decoder: bool = False
+    conv_stem: int = 0
 
     def __post_init__(self) -> None:
         if self.image_height % self.patch_size or self.image_width % self.patch_size:
@@ -76,6 +80,8 @@ class ViTPoseSize:
             )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.conv_stem < 0 or (self.conv_stem and self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"conv_stem {self.conv_stem} needs a width >= 0 and a power-of-two patch_size")
 
 
 def vitpose_config(size: ViTPoseSize) -> VitPoseConfig:
@@ -89,16 +95,32 @@ def vitpose_config(size: ViTPoseSize) -> VitPoseConfig:
         mlp_ratio=size.mlp_ratio,
         out_indices=[size.num_layers],
     )
+    setattr(backbone, CONFIG_FIELD, size.conv_stem)  # saved in config.json: loading rebuilds the stem
     return VitPoseConfig(
         backbone_config=backbone, use_simple_decoder=size.simple_decoder, num_labels=size.num_keypoints
     )
+
+
+class ViTPoseModel(VitPoseForPoseEstimation):
+    """transformers' ViTPose, with the conv stem its backbone config records (none: unchanged).
+
+    The stem is built in the constructor, so ``from_pretrained`` loads its weights; a user's
+    converted checkpoint has no ``conv_stem_width`` and loads as ``VitPoseForPoseEstimation``.
+    """
+
+    def __init__(self, config: VitPoseConfig):
+        super().__init__(config)
+        backbone = config.backbone_config
+        patch = backbone.patch_size[0] if isinstance(backbone.patch_size, (list, tuple)) else backbone.patch_size
+        if install_conv_stem(self.backbone.embeddings.patch_embeddings, "projection", backbone, patch):
+            self.post_init()
 
 
 def build_vitpose(size: ViTPoseSize | None = None, seed: int = 0) -> VitPoseForPoseEstimation:
     """A randomly initialised ViTPose; the same ``seed`` gives the same weights (resume rebuilds it)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return VitPoseForPoseEstimation(vitpose_config(size or ViTPoseSize()))
+        return ViTPoseModel(vitpose_config(size or ViTPoseSize()))
 
 
 def load_vitpose(folder: str | Path) -> VitPoseForPoseEstimation:
@@ -110,7 +132,7 @@ def load_vitpose(folder: str | Path) -> VitPoseForPoseEstimation:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: not a ViTPose model folder (no config.json)")
-    return VitPoseForPoseEstimation.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    return ViTPoseModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
 
 
 def size_of(model: VitPoseForPoseEstimation) -> dict:
@@ -126,6 +148,7 @@ def size_of(model: VitPoseForPoseEstimation) -> dict:
         mlp_ratio=b.mlp_ratio,
         num_keypoints=model.config.num_labels,
         simple_decoder=model.config.use_simple_decoder,
+        conv_stem=stem_width(b),
     )
     return asdict(size)
 

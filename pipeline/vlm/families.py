@@ -189,11 +189,11 @@ def tokenizer_of(processor: Any) -> Any:
 
 # ---------------------------------------------------------------- loaders
 def _load_tiny(folder: Path, trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaProcessor
 
-    model = LlavaForConditionalGeneration.from_pretrained(
-        folder, local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    from pipeline.vlm.tiny import tiny_llava_class
+
+    model = tiny_llava_class().from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     processor = LlavaProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     return model, processor
 

@@ -158,6 +158,7 @@ def pretrain_base(
             torch_threads=params.vlm.torch_threads,
             headpose_jitter=params.vlm.headpose_jitter,
             headpose_zoom=params.vlm.headpose_zoom,
+            headpose_augment=params.vlm.headpose_augment,
             number_sigma=params.vlm.number_sigma,
             facepoints=params.pretrain_base.facepoints,
         )
@@ -244,6 +245,7 @@ def train_lora(
         torch_threads=params.vlm.torch_threads,
         headpose_jitter=params.vlm.headpose_jitter,
         headpose_zoom=params.vlm.headpose_zoom,
+        headpose_augment=params.vlm.headpose_augment,
         number_sigma=params.vlm.number_sigma,
     )
     train_rows, heldout = grounding_rows(params, parquet_root)

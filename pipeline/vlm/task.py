@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.baselines.augment import AugmentConfig
 from pipeline.vlm.examples import collate, facepoints_example, grounding_example, headpose_example, random_crop
 from pipeline.vlm.families import get_family, tokenizer_of
 from pipeline.vlm.numbers import number_token_ids, ordinal_loss, soft_targets
@@ -61,6 +62,8 @@ class VLMTask:
             random factor up to this (``examples.face_window``; 1 = off): the face then fills
             from all of the crop down to ``1 / headpose_zoom`` of it, as under another
             dataset's looser box convention (docs/vlm_learning.md run I).
+        headpose_augment: for such a family, ``AugmentConfig`` fields of the head-pose crop's
+            training augmentation (``examples.augment_face``); ``None``: off.
         facepoints: fraction of training questions asked as the face-geometry question
             (``examples.facepoints_example``: eyes, nose and mouth on a face crop), drawn per
             step; rows without landmarks keep their grounding / head-pose question.
@@ -80,6 +83,7 @@ class VLMTask:
     torch_threads: int | None = 1
     headpose_jitter: float = 0.0
     headpose_zoom: float = 1.0
+    headpose_augment: dict | None = None
     number_sigma: float = 0.0
     facepoints: float = 0.0
     required_columns: tuple[str, ...] = REQUIRED_COLUMNS
@@ -89,6 +93,12 @@ class VLMTask:
     def __post_init__(self) -> None:
         if self.facepoints > 0:
             self.required_columns = tuple(dict.fromkeys((*self.required_columns, *FACEPOINT_COLUMNS)))
+
+    def _augment(self) -> AugmentConfig | None:
+        if not self.headpose_augment:
+            return None
+        cfg = AugmentConfig(**self.headpose_augment)
+        return cfg if cfg.enabled else None
 
     # The processor (and the soft-target table) is rebuilt in each worker rather than pickled.
     def __getstate__(self) -> dict:
@@ -175,7 +185,7 @@ class VLMTask:
             example = grounding_example(row, family)
         elif family.headpose_context is not None:
             # Already a crop around the face: augment by moving that crop, never by cutting it.
-            return headpose_example(row, family, rng, self.headpose_jitter, self.headpose_zoom)
+            return headpose_example(row, family, rng, self.headpose_jitter, self.headpose_zoom, self._augment())
         else:
             example = headpose_example(row, family)
         if self.crop_min_scale is not None and rng is not None:

@@ -21,6 +21,7 @@ reads them back with ``local_files_only=True``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.convstem import CONFIG_FIELD, install_conv_stem
 from pipeline.vlm.numbers import NUMBER_TOKENS
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
@@ -69,6 +71,9 @@ class TinyVLMConfig(BaseModel):
     vision_heads: int = Field(4, ge=1, description="vision tower attention heads")
     vision_intermediate_size: int = Field(512, ge=16, description="vision tower MLP width")
     max_text_len: int = Field(256, ge=16, description="text positions (image tokens included)")
+    conv_stem: int = Field(
+        0, ge=0, description="first-block width of a conv stem in place of the patchify conv (0: plain CLIP)"
+    )
     seed: int = Field(0, description="random init seed")
 
     @model_validator(mode="after")
@@ -81,6 +86,8 @@ class TinyVLMConfig(BaseModel):
             raise ValueError(
                 f"vision_hidden_size {self.vision_hidden_size} is not a multiple of vision_heads {self.vision_heads}"
             )
+        if self.conv_stem and self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"conv_stem needs a power-of-two patch_size, got {self.patch_size}")
         if self.num_image_tokens >= self.max_text_len:
             raise ValueError(
                 f"max_text_len {self.max_text_len} leaves no room for text after {self.num_image_tokens} image tokens"
@@ -188,7 +195,7 @@ def build_tiny_vlm(cfg: TinyVLMConfig) -> tuple[Any, Any]:
         ``(model, processor)``: a ``LlavaForConditionalGeneration`` in train mode (float32) and
         the matching ``LlavaProcessor``.
     """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     processor = build_tiny_processor(cfg)
     tok = processor.tokenizer
@@ -201,6 +208,7 @@ def build_tiny_vlm(cfg: TinyVLMConfig) -> tuple[Any, Any]:
         num_attention_heads=cfg.vision_heads,
         projection_dim=cfg.vision_hidden_size,
     )
+    setattr(vision, CONFIG_FIELD, cfg.conv_stem)  # saved in config.json: loading rebuilds the stem
     text = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=cfg.hidden_size,
@@ -225,7 +233,7 @@ def build_tiny_vlm(cfg: TinyVLMConfig) -> tuple[Any, Any]:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = LlavaForConditionalGeneration(config)
+        model = tiny_llava_class()(config)
         # LLaVA's own init (normal, std 0.02) gives image tokens about the norm of the text
         # embeddings and little spread between patches: with 16–64 image tokens among ~100
         # prompt characters the decoder then learns to ignore the image, and a probe of its
@@ -239,6 +247,26 @@ def build_tiny_vlm(cfg: TinyVLMConfig) -> tuple[Any, Any]:
     model.generation_config.bos_token_id = tok.bos_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, processor
+
+
+@functools.cache
+def tiny_llava_class() -> type:
+    """``LlavaForConditionalGeneration`` that installs the conv stem its config records.
+
+    Built in the constructor, so ``from_pretrained`` (with transformers' own key conversions)
+    loads a stem model's weights into the stem; without ``conv_stem_width`` in the config it is
+    LLaVA unchanged. Made on first use so that importing this module stays light.
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    class TinyLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+        def __init__(self, config: Any):
+            super().__init__(config)
+            vision = config.vision_config
+            if install_conv_stem(self.model.vision_tower.embeddings, "patch_embedding", vision, vision.patch_size):
+                self.post_init()  # transformers' init for the new modules too
+
+    return TinyLlavaForConditionalGeneration
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -243,3 +243,46 @@ def test_face_window_zoom_widens_the_training_crop_only():
     assert all(w[2] - w[0] == w[3] - w[1] for w in windows)  # still square
     assert 62 <= min(sides) < 70 and 118 < max(sides) <= 125  # log-uniform in [62.5, 125]
     assert 80 < np.median(sides) < 97  # about the geometric mean, 88, not the midpoint 94
+
+
+def test_augmented_face_moves_its_box_with_the_face_and_turns_the_pose_exactly():
+    from pipeline.baselines.augment import AugmentConfig, rotate_pose
+    from pipeline.vlm.examples import augment_face
+
+    geometric_only = AugmentConfig(
+        rotate_deg=30, scale=(0.8, 1.2), translate=0.1, gain=0, gamma=(1, 1), grey_prob=0, noise_std=0, blur_prob=0
+    )
+    rng = np.random.default_rng(1)
+    pose = (25.0, -10.0, 5.0)
+    for _ in range(20):
+        crop = np.zeros((80, 80, 3), np.uint8)
+        crop[38:42, 28:32] = 255  # a marker whose centre (29.5, 39.5) is the box's centre
+        box = (19.5, 29.5, 39.5, 49.5)
+        state = rng.bit_generator.state
+        out, moved, new_pose = augment_face(crop, box, pose, rng, geometric_only)
+        rng2 = np.random.default_rng(1)  # replays the draw: theta comes first
+        rng2.bit_generator.state = state
+        theta = float(rng2.uniform(-30, 30))
+        ys, xs = np.nonzero(out[..., 0] > 128)
+        centre = ((moved[0] + moved[2]) / 2, (moved[1] + moved[3]) / 2)
+        assert abs(xs.mean() - centre[0]) < 1.0 and abs(ys.mean() - centre[1]) < 1.0
+        side = moved[2] - moved[0]
+        assert 0.8 * 20 - 1e-9 <= side <= 1.2 * 20 + 1e-9 and moved[3] - moved[1] == pytest.approx(side)
+        assert new_pose == pytest.approx(rotate_pose(*pose, theta))
+
+
+def test_head_pose_augmentation_is_training_only_and_off_when_disabled(rows):
+    from pipeline.baselines.augment import AugmentConfig
+    from pipeline.vlm.examples import headpose_example
+
+    family = get_family("tiny")
+    row = rows[0]
+    plain = headpose_example(row, family, np.random.default_rng(0), 0.1)
+    off = headpose_example(row, family, np.random.default_rng(0), 0.1, augment=AugmentConfig(enabled=False))
+    assert np.array_equal(np.asarray(plain.image), np.asarray(off.image)) and plain.answer == off.answer
+    fixed = headpose_example(row, family, None, 0.1, augment=AugmentConfig())  # no rng: evaluation
+    assert np.array_equal(np.asarray(fixed.image), np.asarray(headpose_example(row, family).image))
+    on = headpose_example(row, family, np.random.default_rng(0), 0.1, augment=AugmentConfig(rotate_deg=30))
+    assert not np.array_equal(np.asarray(on.image), np.asarray(plain.image))
+    assert on.target[2] != pytest.approx(plain.target[2])  # the rotation turned the roll
+    assert on.answer == family.headpose_answer(*on.target)
