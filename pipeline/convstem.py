@@ -25,10 +25,34 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ConvStem", "CONFIG_FIELD", "install_conv_stem", "stem_width"]
+__all__ = ["ConvStem", "CONFIG_FIELD", "DEPTH_FIELD", "install_conv_stem", "stem_depth", "stem_width"]
 
 # Name of the config attribute that records the stem (0 / absent: the plain patch embedding).
 CONFIG_FIELD = "conv_stem_width"
+# Residual blocks after each strided block (0 / absent: the plain stem): a deeper stem is a
+# small ResNet under the transformer, the network that transfers across datasets here.
+DEPTH_FIELD = "conv_stem_depth"
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class _Residual(nn.Module):
+    """3×3 conv–GN–ReLU–3×3 conv–GN plus the input, then ReLU (a ResNet basic block, GroupNorm)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            _norm(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            _norm(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
 
 
 class ConvStem(nn.Module):
@@ -42,23 +66,25 @@ class ConvStem(nn.Module):
         out_channels: the ViT's hidden size.
         patch_size: the patch side it replaces; a power of two ≥ 2.
         width: channels of the first block.
+        depth: residual blocks after each strided block (0: none).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, patch_size: int, width: int = 32):
+    def __init__(self, in_channels: int, out_channels: int, patch_size: int, width: int = 32, depth: int = 0):
         super().__init__()
         blocks = math.log2(patch_size)
         if patch_size < 2 or blocks != int(blocks):
             raise ValueError(f"conv stem: patch_size {patch_size} is not a power of two >= 2")
-        if width < 1:
-            raise ValueError(f"conv stem: width {width} must be >= 1")
+        if width < 1 or depth < 0:
+            raise ValueError(f"conv stem: width {width} must be >= 1 and depth {depth} >= 0")
         layers: list[nn.Module] = []
         channels = in_channels
         for i in range(int(blocks)):
             out = min(width * 2**i, max(out_channels, width))
             layers += [
                 nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
-                nn.GroupNorm(math.gcd(8, out), out),
+                _norm(out),
                 nn.ReLU(inplace=True),
+                *(_Residual(out) for _ in range(depth)),
             ]
             channels = out
         self.blocks = nn.Sequential(*layers)
@@ -78,13 +104,19 @@ def stem_width(config: object) -> int:
     return int(getattr(config, CONFIG_FIELD, 0) or 0)
 
 
+def stem_depth(config: object) -> int:
+    """The residual depth a (sub-)config records; 0 when it has none."""
+    return int(getattr(config, DEPTH_FIELD, 0) or 0)
+
+
 def install_conv_stem(parent: nn.Module, attr: str, config: object, patch_size: int) -> bool:
     """Replace ``parent.<attr>`` (a patchify ``Conv2d``) by a :class:`ConvStem` when ``config`` asks.
 
     Args:
         parent: the module that owns the patch-embedding conv.
         attr: its attribute name (CLIP: ``patch_embedding``; ViTPose: ``projection``).
-        config: the vision/backbone config; its ``conv_stem_width`` (0/absent: keep the conv).
+        config: the vision/backbone config; its ``conv_stem_width`` (0/absent: keep the conv) and
+            ``conv_stem_depth``.
         patch_size: the conv's patch side.
 
     Returns:
@@ -94,5 +126,5 @@ def install_conv_stem(parent: nn.Module, attr: str, config: object, patch_size: 
     if not width:
         return False
     conv = getattr(parent, attr)
-    setattr(parent, attr, ConvStem(conv.in_channels, conv.out_channels, patch_size, width))
+    setattr(parent, attr, ConvStem(conv.in_channels, conv.out_channels, patch_size, width, stem_depth(config)))
     return True

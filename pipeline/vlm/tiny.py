@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.convstem import CONFIG_FIELD, install_conv_stem
+from pipeline.convstem import CONFIG_FIELD, DEPTH_FIELD, install_conv_stem
 from pipeline.vlm.numbers import NUMBER_TOKENS
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
@@ -74,6 +74,9 @@ class TinyVLMConfig(BaseModel):
     conv_stem: int = Field(
         0, ge=0, description="first-block width of a conv stem in place of the patchify conv (0: plain CLIP)"
     )
+    conv_stem_depth: int = Field(
+        0, ge=0, description="residual blocks after each strided block of the conv stem (0: none)"
+    )
     seed: int = Field(0, description="random init seed")
 
     @model_validator(mode="after")
@@ -86,6 +89,8 @@ class TinyVLMConfig(BaseModel):
             raise ValueError(
                 f"vision_hidden_size {self.vision_hidden_size} is not a multiple of vision_heads {self.vision_heads}"
             )
+        if self.conv_stem_depth and not self.conv_stem:
+            raise ValueError("conv_stem_depth needs a conv stem (conv_stem > 0)")
         if self.conv_stem and self.patch_size & (self.patch_size - 1):
             raise ValueError(f"conv_stem needs a power-of-two patch_size, got {self.patch_size}")
         if self.num_image_tokens >= self.max_text_len:
@@ -208,7 +213,9 @@ def build_tiny_vlm(cfg: TinyVLMConfig) -> tuple[Any, Any]:
         num_attention_heads=cfg.vision_heads,
         projection_dim=cfg.vision_hidden_size,
     )
-    setattr(vision, CONFIG_FIELD, cfg.conv_stem)  # saved in config.json: loading rebuilds the stem
+    # Saved in config.json: loading rebuilds the stem.
+    setattr(vision, CONFIG_FIELD, cfg.conv_stem)
+    setattr(vision, DEPTH_FIELD, cfg.conv_stem_depth)
     text = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=cfg.hidden_size,

@@ -19,6 +19,20 @@ def test_stem_gives_the_patchify_grid(patch, size):
     assert ConvStem(3, 40, patch, width=8)(x).shape == patchify(x).shape
 
 
+def test_residual_depth_keeps_the_grid_and_adds_blocks():
+    x = torch.randn(2, 3, 64, 64)
+    plain, deep = ConvStem(3, 40, 8, width=8), ConvStem(3, 40, 8, width=8, depth=2)
+    assert deep(x).shape == plain(x).shape == (2, 40, 8, 8)
+    extra = sum(p.numel() for p in deep.parameters()) - sum(p.numel() for p in plain.parameters())
+    # two residual blocks (two 3x3 convs + two GroupNorms each) per stage of 8, 16, 32 channels
+    assert extra == sum(2 * (2 * 9 * c * c + 4 * c) for c in (8, 16, 32))
+
+
+def test_tiny_vlm_config_refuses_a_depth_without_a_stem():
+    with pytest.raises(ValueError, match="conv_stem_depth needs a conv stem"):
+        TinyVLMConfig(conv_stem_depth=1)
+
+
 @pytest.mark.parametrize("patch", [1, 3, 12])
 def test_stem_refuses_a_patch_that_is_not_a_power_of_two(patch):
     with pytest.raises(ValueError, match="power of two"):
@@ -35,8 +49,9 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_tiny_vlm_with_a_stem_saves_and_loads_bit_identical(tmp_path):
-    model, processor = build_tiny_vlm(TinyVLMConfig(conv_stem=16))
+@pytest.mark.parametrize("depth", [0, 1])
+def test_tiny_vlm_with_a_stem_saves_and_loads_bit_identical(tmp_path, depth):
+    model, processor = build_tiny_vlm(TinyVLMConfig(conv_stem=16, conv_stem_depth=depth))
     embedding = model.model.vision_tower.embeddings.patch_embedding
     assert isinstance(embedding, ConvStem)
     save_vlm(model, processor, tmp_path / "base")
