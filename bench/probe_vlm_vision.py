@@ -44,10 +44,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--stem", type=int, default=0, help="conv stem width (0: CLIP's patchify)")
     ap.add_argument("--stem-depth", type=int, default=0, help="residual blocks per conv-stem stage")
+    ap.add_argument("--no-positions", action="store_true", help="CLIP tower without position embeddings")
     ap.add_argument("--aug", action="store_true", help="the baseline's augmentation (examples.augment_face)")
     ap.add_argument("--source", choices=("vlm", "face"), default="vlm", help="VLM crop or stored face_jpeg")
     ap.add_argument(
-        "--tower", choices=("clip", "cnn"), default="clip", help="the tiny CLIP tower or the baseline's CNN"
+        "--tower",
+        choices=("clip", "cnn", "stem"),
+        default="clip",
+        help="the tiny CLIP tower, the baseline's CNN, or the conv stem alone",
     )
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -58,9 +62,15 @@ def main() -> None:
     if args.tower == "cnn":  # the baseline's default network on the same 64 px inputs
         cnn = SmallCNN(width=32, depth=1, stages=4)
         tower, head = cnn, torch.nn.Linear(cnn.out_features, 6)
+    elif args.tower == "stem":  # the conv stem alone, globally pooled: no attention, no positions
+        tower = model.model.vision_tower.embeddings.patch_embedding
+        head = torch.nn.Linear(tower.proj.out_channels, 6)
     else:
         tower = model.model.vision_tower
         head = torch.nn.Linear(tower.config.hidden_size, 6)
+        if args.no_positions:
+            tower.embeddings.position_embedding.weight.data.zero_()
+            tower.embeddings.position_embedding.weight.requires_grad_(False)
 
     train, heldout = split_heldout(read_records(f"{args.root}/300w_lp"), 0, 0.1)
     sets = {
@@ -84,10 +94,12 @@ def main() -> None:
     def rotation(pixels: torch.Tensor) -> torch.Tensor:
         if args.tower == "cnn":
             return sixd_to_matrix(head(tower(pixels)))
+        if args.tower == "stem":
+            return sixd_to_matrix(head(tower(pixels).mean(dim=(-2, -1))))
         tokens = tower(pixel_values=pixels).last_hidden_state[:, 1:]  # patch tokens, no CLS
         return sixd_to_matrix(head(tokens.mean(1)))
 
-    params = [*tower.parameters(), *head.parameters()]
+    params = [p for p in (*tower.parameters(), *head.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
     rows, rng, start = train.to_pylist(), np.random.default_rng(0), time.perf_counter()
@@ -117,7 +129,7 @@ def main() -> None:
             truth = true_poses(table)
             mae, chance_mae = np.abs(pred - truth).mean(), np.abs(chance - truth).mean()
             scores.append(f"{name} {mae:.2f}° / chance {chance_mae:.2f}° = {mae / chance_mae:.2f}×")
-    setup = f"tower={args.tower} source={args.source} batch={args.batch} stem={args.stem}x{args.stem_depth} aug={args.aug} steps={args.steps} ({seconds:.0f} s)"
+    setup = f"tower={args.tower} positions={not args.no_positions} source={args.source} batch={args.batch} stem={args.stem}x{args.stem_depth} aug={args.aug} steps={args.steps} ({seconds:.0f} s)"
     print(setup, " | ".join(scores), flush=True)
 
 
