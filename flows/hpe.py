@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, as_completed
 
+from flows.schedule import longest_path_first, stage_seconds
 from pipeline import layout, stage_runners
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params, load_params
@@ -223,8 +224,9 @@ def _result_artifacts(workdir: Path, params: Params) -> None:
 def _run_dag(
     names: list[str], upstream: dict[str, list[str]], params: Params, params_path: str, wd: Path, ray_env: dict
 ) -> list[dict]:
-    """Run every stage once its upstream stages are done, up to ``stage_slots()`` at a time;
-    results in ``names``' order.
+    """Run every stage once its upstream stages are done, up to ``stage_slots()`` at a time,
+    a free slot going to the ready stage with the longest path to the end
+    (:mod:`flows.schedule`); results in ``names``' order.
 
     A stage is submitted only when it can start, so the Prefect UI shows it Pending until
     then (not Running while it waits), with ``wait_for`` edges to its upstream tasks. A failed
@@ -237,7 +239,7 @@ def _run_dag(
     futures: dict[str, PrefectFuture] = {}
     running: dict[str, PrefectFuture] = {}
     blocked: set[str] = set()  # failed, or downstream of a failure
-    waiting = list(names)
+    waiting = longest_path_first(names, upstream, stage_seconds(wd))  # free slots go to long chains first
     while waiting or running:
         for name in list(waiting):
             if len(running) >= slots:
