@@ -18,6 +18,7 @@ import functools
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 from pipeline import layout
 
@@ -26,14 +27,22 @@ REFERENCE_TIMES = Path(__file__).with_name("stage_seconds.json")
 
 def stage_seconds(workdir: Path) -> dict[str, float]:
     """Seconds per stage: the bundled reference, overridden by this project's last run."""
-    seconds = dict(json.loads(REFERENCE_TIMES.read_text())["seconds"])
-    last = workdir / layout.run_summary()
+    seconds = dict(_read(REFERENCE_TIMES, "seconds", {}))
+    stages = _read(workdir / layout.run_summary(), "stages", [])  # no run here yet: the reference stands
     try:
-        stages = json.loads(last.read_text())["stages"]
         seconds.update({s["stage"]: float(s["seconds"]) for s in stages if not s.get("skipped")})
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no earlier run here (or an unreadable summary): the reference times stand
+    except (KeyError, TypeError, ValueError):
+        pass  # a summary of another shape: the reference times stand
     return seconds
+
+
+def _read(path: Path, key: str, default: Any) -> Any:
+    """``json[key]`` of ``path``; ``default`` when the file is missing or unreadable (times only
+    order the stages, so a missing one must never stop a run)."""
+    try:
+        return json.loads(path.read_text())[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
 
 
 def longest_path_first(names: list[str], upstream: dict[str, list[str]], seconds: dict[str, float]) -> list[str]:

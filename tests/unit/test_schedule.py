@@ -50,6 +50,15 @@ def test_times_come_from_the_last_run_where_it_ran_the_stage(tmp_path):
     assert stage_seconds(tmp_path) == reference
 
 
+def test_without_any_times_every_stage_weighs_the_same(tmp_path, monkeypatch):
+    import flows.schedule as schedule
+
+    monkeypatch.setattr(schedule, "REFERENCE_TIMES", tmp_path / "missing.json")
+    assert stage_seconds(tmp_path) == {}
+    # b -> c is the longest chain (two stages); a and c tie at one: names' order
+    assert longest_path_first(["a", "b", "c"], {"a": [], "b": [], "c": ["b"]}, {}) == ["b", "a", "c"]
+
+
 def _two_slot_makespan(names, upstream, seconds, order):
     """Wall time of list scheduling on two slots, ready stages taken in ``order``."""
     now, done, running, waiting = 0.0, {}, {}, list(order)
