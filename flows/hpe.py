@@ -221,6 +221,19 @@ def _result_artifacts(workdir: Path, params: Params) -> None:
         )
 
 
+def _create_tracking_store(params: Params, wd: Path) -> None:
+    """Create (and migrate) a local SQLite MLflow store before stages run side by side: two
+    stages that both find no ``mlflow.db`` would run MLflow's schema migration at once
+    (``table _alembic_tmp_metrics already exists``)."""
+    uri = params.tracking.resolved_uri()
+    if not params.tracking.enabled or not uri.startswith("sqlite:///"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    MlflowClient(f"sqlite:///{path if path.is_absolute() else wd / path}").search_experiments(max_results=1)
+
+
 def _run_dag(
     names: list[str], upstream: dict[str, list[str]], params: Params, params_path: str, wd: Path, ray_env: dict
 ) -> list[dict]:
@@ -290,6 +303,7 @@ def hpe(
     with run_lock(wd, wait_s=wait_for_lock_s, flow_run_id=_flow_run_id(), log=log.info) as lock:
         if lock.waited_s > 1:
             log.info(f"got the run lock after {lock.waited_s:.0f} s")
+        _create_tracking_store(params, wd)
         with shared_ray(params, wd) as ray_env:
             results = _run_dag(names, stage_graph(wd, names), params, params_path, wd, ray_env)
         t0 = min((r["started"] for r in results), default=0.0)
