@@ -35,7 +35,7 @@ from pipeline.config import Params, load_params
 from pipeline.datasets import DATASETS
 from pipeline.monitor import measure
 from pipeline.stage_runners import POSE_TRAIN_STAGES
-from pipeline.tracking import FLOW_RUN_ENV
+from pipeline.tracking import FLOW_RUN_ENV, SQLITE_PREFIX, absolute_tracking_uri
 
 HPE_RAY_STATE_ENV = "HPE_SHARED_RAY_STATE"  # the shared Ray's state folder (recorded in the run summary)
 
@@ -226,12 +226,11 @@ def _create_tracking_store(params: Params, wd: Path) -> None:
     stages that both find no ``mlflow.db`` would run MLflow's schema migration at once
     (``table _alembic_tmp_metrics already exists``)."""
     uri = params.tracking.resolved_uri()
-    if not params.tracking.enabled or not uri.startswith("sqlite:///"):
+    if not params.tracking.enabled or not uri.startswith(SQLITE_PREFIX):
         return
     from mlflow.tracking import MlflowClient
 
-    path = Path(uri.removeprefix("sqlite:///"))
-    MlflowClient(f"sqlite:///{path if path.is_absolute() else wd / path}").search_experiments(max_results=1)
+    MlflowClient(absolute_tracking_uri(uri, wd)).search_experiments(max_results=1)
 
 
 def _run_dag(

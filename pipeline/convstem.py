@@ -25,13 +25,32 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ConvStem", "CONFIG_FIELD", "DEPTH_FIELD", "install_conv_stem", "stem_depth", "stem_width"]
+__all__ = [
+    "ConvStem",
+    "CONFIG_FIELD",
+    "DEPTH_FIELD",
+    "check_patch_size",
+    "install_conv_stem",
+    "stem_depth",
+    "stem_width",
+]
 
 # Name of the config attribute that records the stem (0 / absent: the plain patch embedding).
 CONFIG_FIELD = "conv_stem_width"
 # Residual blocks after each strided block (0 / absent: the plain stem): a deeper stem is a
 # small ResNet under the transformer, the network that transfers across datasets here.
 DEPTH_FIELD = "conv_stem_depth"
+
+
+def check_patch_size(patch_size: int) -> int:
+    """The stem's number of strided blocks, ``log2(patch_size)``.
+
+    Raises:
+        ValueError: ``patch_size`` is not a power of two ≥ 2 (the stem halves the side per block).
+    """
+    if patch_size < 2 or patch_size & (patch_size - 1):
+        raise ValueError(f"conv_stem: patch_size {patch_size} is not a power of two >= 2")
+    return patch_size.bit_length() - 1
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -71,14 +90,12 @@ class ConvStem(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, patch_size: int, width: int = 32, depth: int = 0):
         super().__init__()
-        blocks = math.log2(patch_size)
-        if patch_size < 2 or blocks != int(blocks):
-            raise ValueError(f"conv stem: patch_size {patch_size} is not a power of two >= 2")
+        blocks = check_patch_size(patch_size)
         if width < 1 or depth < 0:
             raise ValueError(f"conv stem: width {width} must be >= 1 and depth {depth} >= 0")
         layers: list[nn.Module] = []
         channels = in_channels
-        for i in range(int(blocks)):
+        for i in range(blocks):
             out = min(width * 2**i, max(out_channels, width))
             layers += [
                 nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),

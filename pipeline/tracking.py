@@ -18,6 +18,16 @@ import pyarrow as pa
 from pipeline.config import TrackingConfig
 
 FLOW_RUN_ENV = "HPE_PREFECT_FLOW_RUN_ID"
+SQLITE_PREFIX = "sqlite:///"
+
+
+def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
+    """``uri`` with a relative ``sqlite:///x.db`` made absolute (x.db under ``base``, default the
+    current folder): a process started elsewhere (a Ray worker, the flow) must reach the same file."""
+    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
+        path = Path(uri[len(SQLITE_PREFIX) :])
+        return SQLITE_PREFIX + str(((base or Path.cwd()) / path).resolve())
+    return uri
 
 
 def lineage_tags() -> dict[str, str]:

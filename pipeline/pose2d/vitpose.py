@@ -27,7 +27,7 @@ from torch import nn
 from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
 from transformers.models.vitpose.modeling_vitpose import VitPoseClassicDecoder, VitPoseSimpleDecoder
 
-from pipeline.convstem import CONFIG_FIELD, install_conv_stem, stem_width
+from pipeline.convstem import CONFIG_FIELD, check_patch_size, install_conv_stem, stem_width
 from pipeline.keypoints import NUM_COCO_KEYPOINTS
 
 __all__ = [
@@ -80,8 +80,10 @@ class ViTPoseSize:
             )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-        if self.conv_stem < 0 or (self.conv_stem and self.patch_size & (self.patch_size - 1)):
-            raise ValueError(f"conv_stem {self.conv_stem} needs a width >= 0 and a power-of-two patch_size")
+        if self.conv_stem < 0:
+            raise ValueError(f"conv_stem {self.conv_stem} must be >= 0 (0: the patchify conv)")
+        if self.conv_stem:
+            check_patch_size(self.patch_size)
 
 
 def vitpose_config(size: ViTPoseSize) -> VitPoseConfig:

@@ -82,7 +82,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from pipeline.tracking import BUFFER_FILE
+from pipeline.tracking import BUFFER_FILE, absolute_tracking_uri
 from pipeline.train.config import RESUME_INVARIANT_FIELDS, TrainConfig
 
 if TYPE_CHECKING:
@@ -438,14 +438,6 @@ def _to_dataset(data: Any, columns: list[str] | None) -> ray.data.Dataset:
     return data.select_columns(columns) if columns else data
 
 
-def _absolute_tracking_uri(uri: str) -> str:
-    """A relative ``sqlite:///x.db`` means x.db in the *driver's* folder; workers need it absolute."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
-
-
 def _start_mlflow_run(
     tracking: Mapping[str, Any], cfg: TrainConfig, task: Task, run_name: str, run_dir: Path
 ) -> tuple[str, str]:
@@ -462,7 +454,7 @@ def _start_mlflow_run(
 
     if unknown := set(tracking) - TRACKING_KEYS:
         raise PreflightError(f"tracking: unknown key(s) {sorted(unknown)}; valid: {sorted(TRACKING_KEYS)}")
-    uri = _absolute_tracking_uri(
+    uri = absolute_tracking_uri(
         tracking.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
     mlflow.set_tracking_uri(uri)

@@ -14,6 +14,7 @@ sees the very same examples.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,9 @@ class VLMTask:
         if self.facepoints > 0:
             self.required_columns = tuple(dict.fromkeys((*self.required_columns, *FACEPOINT_COLUMNS)))
 
+    @functools.cached_property
     def _augment(self) -> AugmentConfig | None:
+        """``headpose_augment`` parsed once (it is read for every training example); None: off."""
         if not self.headpose_augment:
             return None
         cfg = AugmentConfig(**self.headpose_augment)
@@ -185,7 +188,7 @@ class VLMTask:
             example = grounding_example(row, family)
         elif family.headpose_context is not None:
             # Already a crop around the face: augment by moving that crop, never by cutting it.
-            return headpose_example(row, family, rng, self.headpose_jitter, self.headpose_zoom, self._augment())
+            return headpose_example(row, family, rng, self.headpose_jitter, self.headpose_zoom, self._augment)
         else:
             example = headpose_example(row, family)
         if self.crop_min_scale is not None and rng is not None:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.convstem import CONFIG_FIELD, DEPTH_FIELD, install_conv_stem
+from pipeline.convstem import CONFIG_FIELD, DEPTH_FIELD, check_patch_size, install_conv_stem
 from pipeline.vlm.numbers import NUMBER_TOKENS
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
@@ -91,8 +91,8 @@ class TinyVLMConfig(BaseModel):
             )
         if self.conv_stem_depth and not self.conv_stem:
             raise ValueError("conv_stem_depth needs a conv stem (conv_stem > 0)")
-        if self.conv_stem and self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"conv_stem needs a power-of-two patch_size, got {self.patch_size}")
+        if self.conv_stem:
+            check_patch_size(self.patch_size)
         if self.num_image_tokens >= self.max_text_len:
             raise ValueError(
                 f"max_text_len {self.max_text_len} leaves no room for text after {self.num_image_tokens} image tokens"
